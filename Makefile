@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each sets up .venv itself.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup run test unit integration e2e lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration -q -n $(PYTEST_WORKERS)
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest tests/e2e -q
+
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest tests -q -n $(PYTEST_WORKERS) --dist loadfile
+
+bench: $(STAMP)
+	$(BIN)/python bench/invoke_latency.py
+
+clean:
+	rm -rf $(VENV) modelhost-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,381 @@
+"""The fleet controller: keeps each endpoint's instances at their desired counts, supervises them (startup,
+health, crashes), moves endpoint statuses on, and publishes the routing table. One per server; it owns every
+background task it starts and cancels them in ``close``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from modelhost.clock import Clock
+from modelhost.controller.reconcile import (
+    InstanceState, Launch, Phase, Reap, Stop, TargetKey, plan, progress, targets,
+)
+from modelhost.domain.specs import DeploymentSpec, deployment_spec
+from modelhost.domain.status import EndpointStatus
+from modelhost.errors import ModelhostError
+from modelhost.ids import log_stream_arn, new_instance_id
+from modelhost.instances.artifacts import fetch_model_data
+from modelhost.instances.catalog import InstanceCatalog
+from modelhost.instances.local import LaunchSpec, LocalBackend, LocalInstance
+from modelhost.router.instance_client import InstanceClient, InstanceTimeout, InstanceUnreachable
+from modelhost.router.table import EndpointRoute, InstanceHandle, RouteTable, VariantRoute
+from modelhost.runtimes.images import resolve_runtime
+from modelhost.settings import Settings
+from modelhost.store.metadata import EndpointRow, MetadataStore
+from modelhost.store.objects import ObjectStore
+
+log = logging.getLogger("modelhost.fleet")
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class ManagedInstance:
+    id: str
+    key: TargetKey
+    started_at: float
+    phase: Phase = Phase.STARTING
+    ever_healthy: bool = False
+    failure: str | None = None
+    process: LocalInstance | None = None
+    handle: InstanceHandle | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Fleet:
+    def __init__(
+        self, *, settings: Settings, store: MetadataStore, objects: ObjectStore, backend: LocalBackend,
+        catalog: InstanceCatalog, table: RouteTable, clock: Clock, db: Executor,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._objects = objects
+        self._backend = backend
+        self._catalog = catalog
+        self._table = table
+        self._clock = clock
+        self._db = db
+        self._artifacts_dir = settings.data_dir / "artifacts"
+        self._instances: dict[str, ManagedInstance] = {}
+        self._rows: dict[str, EndpointRow] = {}
+        self._specs: dict[str, DeploymentSpec] = {}  # by deployment id
+        self._failures: dict[str, str] = {}  # deployment id → why an instance could not start
+        self._crashes: dict[TargetKey, int] = {}
+        self._blocked_until: dict[TargetKey, float] = {}
+        self._fetch_locks: dict[Path, asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+
+    # Called from the control plane's thread.
+    def wake(self) -> None:
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    def healthy_counts(self, endpoint: str, deployment_id: str) -> Mapping[str, int]:
+        counts: dict[str, int] = {}
+        for inst in list(self._instances.values()):
+            if inst.key.endpoint == endpoint and inst.key.deployment_id == deployment_id \
+                    and inst.phase == Phase.HEALTHY:
+                counts[inst.key.variant] = counts.get(inst.key.variant, 0) + 1
+        return counts
+
+    async def start(self) -> None:
+        killed = await self._run(self._backend.cleanup_stale)
+        if killed:
+            log.warning("killed %d worker(s) left behind by a previous run", killed)
+        self._loop_task = asyncio.create_task(self._run_loop(), name="fleet-loop")
+
+    async def close(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for task in list(self._side_tasks):
+            task.cancel()
+        for inst in list(self._instances.values()):
+            if inst.task:
+                inst.task.cancel()
+        await asyncio.gather(*self._side_tasks, *(i.task for i in self._instances.values() if i.task),
+                             return_exceptions=True)
+        await asyncio.gather(*(self._stop_process(i, drain=False) for i in list(self._instances.values())),
+                             return_exceptions=True)
+        self._backend.close()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._db, partial(fn, *args))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _run_loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile pass failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.reconcile_interval_s)
+            self._wake.clear()
+
+    def _deployment(self, snapshot: Mapping[str, Any]) -> DeploymentSpec:
+        dep_id = snapshot["id"]
+        spec = self._specs.get(dep_id)
+        if spec is None:
+            spec = self._specs[dep_id] = deployment_spec(snapshot, resolve_runtime)
+        return spec
+
+    async def reconcile_once(self) -> None:
+        rows = await self._run(self._store.list_endpoints)
+        self._rows = {r.name: r for r in rows}
+        now = self._clock.now()
+        # 1. Move statuses on, so that a finished update is routed before its old fleet is stopped.
+        for row in rows:
+            await self._advance(row, now)
+        # 2. Routes.
+        self._publish_routes()
+        # 3. Instances.
+        wanted: dict[TargetKey, int] = {}
+        for row in self._rows.values():
+            wanted.update(targets(row))
+        states = [InstanceState(i.id, i.key, i.phase, i.started_at) for i in self._instances.values()]
+        for action in plan(wanted, states, self._clock.monotonic(), self._blocked_until):
+            if isinstance(action, Launch):
+                self._launch(action.key)
+            elif isinstance(action, Stop):
+                self._begin_stop(self._instances[action.instance_id], action.drain)
+            elif isinstance(action, Reap):
+                self._reap(self._instances.pop(action.instance_id))
+        # 4. Deleted endpoints whose instances are all gone.
+        for row in list(self._rows.values()):
+            if row.status == EndpointStatus.DELETING and not any(
+                i.key.endpoint == row.name for i in self._instances.values()
+            ):
+                await self._run(self._finish_delete, row)
+                self._rows.pop(row.name, None)
+                self._table.remove(row.name)
+                self._forget_failures(row)
+
+    async def _advance(self, row: EndpointRow, now: float) -> None:
+        healthy: dict[str, dict[str, int]] = {}
+        live: dict[str, int] = {}
+        for i in self._instances.values():
+            if i.key.endpoint != row.name:
+                continue
+            if i.phase == Phase.HEALTHY:
+                per = healthy.setdefault(i.key.deployment_id, {})
+                per[i.key.variant] = per.get(i.key.variant, 0) + 1
+            if i.phase in (Phase.HEALTHY, Phase.STARTING) and i.key.deployment_id == row.deployment["id"]:
+                live[i.key.variant] = live.get(i.key.variant, 0) + 1
+        new = progress(row, healthy, self._failures, live, now)
+        if new is None:
+            return
+        await self._run(self._store.save_endpoint, new)
+        self._rows[row.name] = new
+        if new.status != row.status or new.deployment["id"] != row.deployment["id"]:
+            log.info("endpoint %s: %s -> %s%s", row.name, row.status, new.status,
+                     f" ({new.failure_reason})" if new.failure_reason and new.status == "Failed" else "")
+
+    def _finish_delete(self, row: EndpointRow) -> None:
+        self._store.delete_endpoint(row.name)
+        self._store.delete_tags(row.arn)
+        shutil.rmtree(self._artifacts_dir / row.name, ignore_errors=True)
+
+    def _forget_failures(self, row: EndpointRow) -> None:
+        for snap in (row.deployment, row.pending_deployment):
+            if snap is not None:
+                self._failures.pop(snap["id"], None)
+                self._specs.pop(snap["id"], None)
+
+    def _publish_routes(self) -> None:
+        for row in self._rows.values():
+            if row.status in (EndpointStatus.FAILED, EndpointStatus.DELETING):
+                self._table.remove(row.name)
+                continue
+            spec = self._deployment(row.deployment)
+            by_variant: dict[str, list[InstanceHandle]] = {}
+            for i in self._instances.values():
+                if i.key.endpoint == row.name and i.key.deployment_id == row.deployment["id"] \
+                        and i.phase == Phase.HEALTHY and i.handle is not None:
+                    by_variant.setdefault(i.key.variant, []).append(i.handle)
+            variants = tuple(
+                VariantRoute(v["VariantName"], float(v["DesiredWeight"]),
+                             tuple(sorted(by_variant.get(v["VariantName"], []), key=lambda h: h.id)))
+                for v in row.variants
+            )
+            old = self._table.routes.get(row.name)
+            timeout = spec.invocation_timeout_s or self._settings.invocation_timeout_s
+            route = EndpointRoute(row.name, variants, timeout, starting=row.status == EndpointStatus.CREATING)
+            if old is None or old.variants != route.variants or old.timeout_s != route.timeout_s \
+                    or old.starting != route.starting:
+                self._table.publish(route)
+
+    # Instances.
+
+    def _launch(self, key: TargetKey) -> None:
+        inst = ManagedInstance(new_instance_id(), key, self._clock.monotonic())
+        self._instances[inst.id] = inst
+        inst.task = asyncio.create_task(self._supervise(inst), name=f"instance-{inst.id}")
+
+    def _changed(self) -> None:
+        self._wake.set()
+
+    async def _supervise(self, inst: ManagedInstance) -> None:
+        try:
+            await self._bring_up(inst)
+            if inst.phase == Phase.HEALTHY:
+                await self._watch(inst)
+        except asyncio.CancelledError:
+            raise
+        except ModelhostError as exc:
+            self._exited(inst, exc.message)
+        except Exception as exc:
+            log.exception("instance %s: supervisor failed", inst.id)
+            self._exited(inst, f"modelhost could not start the instance: {exc!r}")
+
+    async def _bring_up(self, inst: ManagedInstance) -> None:
+        row = self._rows[inst.key.endpoint]
+        snap = row.deployment if row.deployment["id"] == inst.key.deployment_id else row.pending_deployment
+        assert snap is not None
+        spec = self._deployment(snap)
+        variant = spec.variant(inst.key.variant)
+        container = variant.model.containers[0]
+        model_dir = self._artifacts_dir / row.name / spec.raw["id"] / variant.name / "model"
+        await self._fetch(model_dir, container.model_data_url or "", container.compression)
+        resources = self._catalog.resources(variant.instance_type)
+        launch = LaunchSpec(
+            instance_id=inst.id, endpoint=row.name, variant=variant.name, runtime=container.runtime,
+            model_dir=model_dir, environment=container.environment, vcpus=resources.vcpus,
+            timeout_s=spec.invocation_timeout_s or self._settings.invocation_timeout_s,
+        )
+        inst.process = await self._backend.start(launch)
+        client = InstanceClient(unix_path=inst.process.socket_path)
+        exit_wait = asyncio.ensure_future(inst.process.process.wait())
+        deadline = self._clock.monotonic() + self._settings.startup_timeout_s
+        pause = 0.02
+        try:
+            while True:
+                if await self._ping(client):
+                    break
+                if self._clock.monotonic() > deadline:
+                    self._backend.kill_now(inst.process)
+                    await client.close()
+                    self._exited(inst, f"The instance did not answer /ping as healthy within "
+                                 f"{self._settings.startup_timeout_s:g} s. {self._tail(inst)}")
+                    return
+                # Wake on whichever comes first: the process exiting, or the next probe.
+                done, _ = await asyncio.wait({exit_wait}, timeout=pause)
+                if done:
+                    await client.close()
+                    reason = inst.process.failure_reason() or (
+                        f"The worker exited with code {inst.process.process.returncode} before it was "
+                        f"ready. {self._tail(inst)}"
+                    )
+                    self._exited(inst, reason)
+                    return
+                pause = min(pause * 2, 0.5)
+        finally:
+            exit_wait.cancel()
+        stream = f"{variant.name}/{inst.id}"
+        inst.handle = InstanceHandle(inst.id, variant.name, client, log_stream_arn(
+            self._settings.region, self._settings.account_id, row.name, stream))
+        inst.phase = Phase.HEALTHY
+        inst.ever_healthy = True
+        self._crashes.pop(inst.key, None)
+        log.info("instance %s of %s/%s is healthy", inst.id, row.name, variant.name)
+        self._changed()
+
+    def _tail(self, inst: ManagedInstance) -> str:
+        tail = inst.process.log_tail(8) if inst.process else ""
+        return f"Last log lines:\n{tail}" if tail else ""
+
+    async def _fetch(self, model_dir: Path, url: str, compression: str | None) -> None:
+        lock = self._fetch_locks.setdefault(model_dir, asyncio.Lock())
+        async with lock:
+            if model_dir.exists():
+                return
+            model_dir.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(
+                fetch_model_data, self._objects, url, model_dir,
+                max_bytes=self._settings.max_artifact_bytes, compression=compression,
+            )
+
+    async def _ping(self, client: InstanceClient) -> bool:
+        try:
+            resp = await client.request("GET", "/ping", timeout_s=self._settings.ping_timeout_s)
+        except (InstanceUnreachable, InstanceTimeout):
+            return False
+        return resp.status == 200
+
+    async def _watch(self, inst: ManagedInstance) -> None:
+        assert inst.process is not None and inst.handle is not None
+        exit_wait = asyncio.ensure_future(inst.process.process.wait())
+        failures = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait({exit_wait}, timeout=self._settings.health_check_interval_s)
+                if done:
+                    log.warning("instance %s exited with code %s; replacing it. %s", inst.id,
+                                inst.process.process.returncode, self._tail(inst))
+                    self._exited(inst, None)
+                    return
+                if await self._ping(inst.handle.client):
+                    failures = 0
+                    continue
+                failures += 1
+                if failures >= self._settings.unhealthy_after_failures:
+                    log.warning("instance %s failed %d pings in a row; replacing it", inst.id, failures)
+                    inst.phase = Phase.UNHEALTHY
+                    self._changed()
+                    return
+        finally:
+            exit_wait.cancel()
+
+    def _exited(self, inst: ManagedInstance, failure: str | None) -> None:
+        inst.phase = Phase.EXITED
+        inst.failure = failure
+        if not inst.ever_healthy and failure:
+            self._failures.setdefault(inst.key.deployment_id, failure)
+        # Back off a crash-looping variant: 1, 2, 4 ... seconds up to the limit.
+        n = self._crashes[inst.key] = self._crashes.get(inst.key, 0) + 1
+        delay = min(self._settings.restart_backoff_max_s, 2.0 ** (n - 1)) if n > 1 else 0.0
+        self._blocked_until[inst.key] = self._clock.monotonic() + delay
+        self._changed()
+
+    def _reap(self, inst: ManagedInstance) -> None:
+        self._spawn(self._stop_process(inst, drain=False), f"reap-{inst.id}")
+
+    def _begin_stop(self, inst: ManagedInstance, drain: bool) -> None:
+        if inst.task:
+            inst.task.cancel()
+        inst.phase = Phase.STOPPING
+        self._publish_routes()  # out of the table before draining
+        self._spawn(self._stop_and_forget(inst, drain), f"stop-{inst.id}")
+
+    async def _stop_and_forget(self, inst: ManagedInstance, drain: bool) -> None:
+        try:
+            await self._stop_process(inst, drain)
+        finally:
+            self._instances.pop(inst.id, None)
+            self._changed()
+
+    async def _stop_process(self, inst: ManagedInstance, drain: bool) -> None:
+        if inst.handle is not None:
+            if drain:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(inst.handle.drained(), self._settings.invocation_timeout_s)
+            await inst.handle.client.close()
+        if inst.process is not None:
+            await self._backend.stop(inst.process, self._settings.stop_grace_s if drain else 0.0)

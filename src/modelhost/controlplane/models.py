@@ -1,0 +1,100 @@
+"""CreateModel, DescribeModel, ListModels, DeleteModel."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from modelhost.controlplane.context import ControlPlaneContext
+from modelhost.controlplane.listing import Listable, page
+from modelhost.controlplane.tags import store_tags
+from modelhost.domain.specs import ContainerSpec, model_spec
+from modelhost.errors import ArtifactError, ValidationError
+from modelhost.runtimes.images import resolve_runtime
+from modelhost.store import tables
+from modelhost.store.metadata import AlreadyExists, ResourceRow
+
+
+def _check_container(ctx: ControlPlaneContext, c: ContainerSpec) -> None:
+    if c.mode != "SingleModel":
+        raise ValidationError(
+            f"Container {c.image}: Mode {c.mode} is not supported by modelhost yet; use SingleModel."
+        )
+    if not c.model_data_url:
+        raise ValidationError(
+            f"Container {c.image} has no ModelDataUrl: the {c.runtime} runtime loads its model from an "
+            f"artifact. Set ModelDataUrl to an s3:// or file:// URL of a model.tar.gz or of a prefix."
+        )
+    if not _artifact_exists(ctx, c.model_data_url, c.compression):
+        raise ValidationError(
+            f"Could not find model data at {c.model_data_url}. Upload the artifact there first "
+            f"(without MODELHOST_S3_ENDPOINT_URL, s3://bucket/key lives at "
+            f"<data-dir>/buckets/bucket/key)."
+        )
+
+
+def _artifact_exists(ctx: ControlPlaneContext, url: str, compression: str | None) -> bool:
+    try:
+        if compression == "None" or not url.endswith((".tar.gz", ".tgz", ".tar")):
+            return ctx.objects.exists(url) or bool(ctx.objects.list(url))
+        return ctx.objects.exists(url)
+    except ArtifactError:
+        return False
+
+
+def create_model(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:
+    name = req["ModelName"]
+    if bool(req.get("PrimaryContainer")) == bool(req.get("Containers")):
+        raise ValidationError("Give exactly one of PrimaryContainer and Containers.")
+    spec = model_spec(req, resolve_runtime)
+    if len(spec.containers) > 1:
+        raise ValidationError(
+            "Models with several containers (multi-container endpoints and serial inference pipelines) "
+            "are not supported by modelhost yet; give one PrimaryContainer."
+        )
+    for c in spec.containers:
+        _check_container(ctx, c)
+    arn = ctx.arn("model", name)
+    record = {k: v for k, v in req.items() if k != "Tags"}
+    try:
+        ctx.store.insert_resource(tables.models, ResourceRow(name, arn, ctx.clock.now(), record))
+    except AlreadyExists:
+        raise ValidationError(f'Cannot create already existing model "{arn}".') from None
+    store_tags(ctx, arn, req.get("Tags"))
+    return {"ModelArn": arn}
+
+
+def get_model(ctx: ControlPlaneContext, name: str) -> ResourceRow:
+    row = ctx.store.get_resource(tables.models, name)
+    if row is None:
+        raise ValidationError(f'Could not find model "{ctx.arn("model", name)}".')
+    return row
+
+
+def describe_model(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:
+    row = get_model(ctx, req["ModelName"])
+    out = dict(row.request)
+    out.update(ModelArn=row.arn, CreationTime=row.creation_time)
+    out.setdefault("EnableNetworkIsolation", False)
+    out["DeploymentRecommendation"] = {"RecommendationStatus": "NOT_APPLICABLE"}
+    return out
+
+
+def list_models(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:
+    rows, token = page(
+        ctx.store.list_resources(tables.models), lambda r: Listable(r.name, r.creation_time), req
+    )
+    out: dict[str, Any] = {
+        "Models": [{"ModelName": r.name, "ModelArn": r.arn, "CreationTime": r.creation_time} for r in rows]
+    }
+    if token:
+        out["NextToken"] = token
+    return out
+
+
+def delete_model(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:
+    # Running endpoints keep their own snapshot of the model, as on SageMaker.
+    row = get_model(ctx, req["ModelName"])
+    ctx.store.delete_resource(tables.models, row.name)
+    ctx.store.delete_tags(row.arn)
+    return {}

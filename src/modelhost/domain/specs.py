@@ -1,0 +1,111 @@
+"""What a deployment is made of, parsed from the SageMaker request shapes into frozen dataclasses.
+
+The control plane keeps the requests as sent (that is what Describe returns); the controller works on these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    image: str
+    runtime: str
+    model_data_url: str | None
+    compression: str | None
+    environment: Mapping[str, str]
+    hostname: str | None
+    mode: str = "SingleModel"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    containers: tuple[ContainerSpec, ...]
+    execution_mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VariantSpec:
+    name: str
+    model: ModelSpec
+    instance_type: str
+    initial_instance_count: int
+    initial_weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSpec:
+    """One endpoint config with its models, as snapshotted when an endpoint deploys it.
+
+    SageMaker keeps serving a deployed endpoint after its model or config is deleted, so the endpoint
+    carries its own copy instead of reading those rows again.
+    """
+
+    config_name: str
+    variants: tuple[VariantSpec, ...]
+    invocation_timeout_s: float | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def variant(self, name: str) -> VariantSpec:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+def container_spec(c: Mapping[str, Any], resolve_runtime: Any) -> ContainerSpec:
+    """Parse one ContainerDefinition; ``resolve_runtime(image) -> name`` raises for unknown images."""
+    source = (c.get("ModelDataSource") or {}).get("S3DataSource") or {}
+    url = c.get("ModelDataUrl") or source.get("S3Uri")
+    compression = source.get("CompressionType")
+    return ContainerSpec(
+        image=c.get("Image", ""),
+        runtime=resolve_runtime(c.get("Image", "")),
+        model_data_url=url,
+        compression=compression,
+        environment=dict(c.get("Environment") or {}),
+        hostname=c.get("ContainerHostname"),
+        mode=c.get("Mode", "SingleModel"),
+    )
+
+
+def model_spec(request: Mapping[str, Any], resolve_runtime: Any) -> ModelSpec:
+    raw = [request["PrimaryContainer"]] if request.get("PrimaryContainer") else list(request.get("Containers") or [])
+    mode = (request.get("InferenceExecutionConfig") or {}).get("Mode")
+    return ModelSpec(
+        name=request["ModelName"],
+        containers=tuple(container_spec(c, resolve_runtime) for c in raw),
+        execution_mode=mode,
+    )
+
+
+def deployment_spec(snapshot: Mapping[str, Any], resolve_runtime: Any) -> DeploymentSpec:
+    """Parse an endpoint's snapshot ``{"config": <CreateEndpointConfig request>, "models": {name: request}}``."""
+    config = snapshot["config"]
+    models = {name: model_spec(req, resolve_runtime) for name, req in snapshot["models"].items()}
+    variants = tuple(
+        VariantSpec(
+            name=v["VariantName"],
+            model=models[v["ModelName"]],
+            instance_type=v.get("InstanceType", ""),
+            initial_instance_count=int(v.get("InitialInstanceCount", 1)),
+            initial_weight=float(v.get("InitialVariantWeight", 1.0)),
+        )
+        for v in config["ProductionVariants"]
+    )
+    timeouts = [
+        float(c.environment["SAGEMAKER_MODEL_SERVER_TIMEOUT"])
+        for v in variants
+        for c in v.model.containers
+        if c.environment.get("SAGEMAKER_MODEL_SERVER_TIMEOUT", "").replace(".", "", 1).isdigit()
+    ]
+    return DeploymentSpec(
+        config_name=config["EndpointConfigName"],
+        variants=variants,
+        invocation_timeout_s=max(timeouts) if timeouts else None,
+        raw=snapshot,
+    )

@@ -1,0 +1,377 @@
+"""The forwarding client the router uses to send requests to one instance over HTTP/1.1.
+
+Keep-alive connections on asyncio Protocols, responses parsed by httptools; it is on the invocation hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+# Up to this size the body is copied into the same buffer as the head: one send and one segment beat a copy.
+# Past it the copy costs more than the extra iovec, so head and body go out together through writelines.
+_JOIN_BODY_MAX_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceResponse:
+    """A complete response from an instance; header names are lower-cased, repeated ones joined by ", "."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class InstanceUnreachable(Exception):
+    """Could not connect to the instance, or the connection died before a full response arrived."""
+
+
+class InstanceTimeout(Exception):
+    """The instance gave no full response within the deadline."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: feeds the response parser and settles the waiter of the request on it."""
+
+    __slots__ = (
+        "_address",
+        "_body",
+        "_headers",
+        "_headers_complete",
+        "_idle",
+        "_keep_alive",
+        "_lost",
+        "_lost_waiter",
+        "_parser",
+        "_status",
+        "_waiter",
+        "closed",
+        "received",
+        "transport",
+    )
+
+    def __init__(self, idle: list[_Connection], address: str) -> None:
+        self._idle = idle
+        self._address = address
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[InstanceResponse] | None = None
+        self._lost = False
+        self._lost_waiter: asyncio.Future[None] | None = None
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._headers_complete = False
+        self._keep_alive = False
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        # Whether any byte of the current response arrived: past that point a request is never retried.
+        self.received = False
+
+    # -- driven by the client --------------------------------------------------------------------------
+
+    def send(self, waiter: asyncio.Future[InstanceResponse], data: bytes | list[bytes]) -> None:
+        # The waiter is set before writing: a failed write may report connection_lost at once.
+        self._waiter = waiter
+        self.received = False
+        transport = cast(asyncio.Transport, self.transport)
+        if isinstance(data, bytes):
+            transport.write(data)
+        else:
+            transport.writelines(data)
+
+    @property
+    def reusable(self) -> bool:
+        return self._keep_alive and not self.closed
+
+    def close(self) -> None:
+        """Close after a complete response (nothing left to read)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once: its stream may hold part of a response nobody will read."""
+        self.closed = True
+        self._waiter = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def wait_lost(self) -> None:
+        if self._lost:
+            return
+        if self._lost_waiter is None:
+            self._lost_waiter = asyncio.get_running_loop().create_future()
+        await self._lost_waiter
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            # Bytes while idle: the stream is out of step with our requests and can never be trusted again.
+            self.abort()
+            return
+        self.received = True
+        try:
+            self._parser.feed_data(data)
+        except Exception as exc:
+            # A malformed response, or bytes after the response we asked for (see on_message_begin).
+            self._fail(InstanceUnreachable(f"instance at {self._address} sent an invalid response: {exc!r}"))
+            self.abort()
+
+    def eof_received(self) -> bool | None:
+        self.closed = True
+        return None  # let the transport close; connection_lost settles the waiter
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._lost = True
+        if self._lost_waiter is not None and not self._lost_waiter.done():
+            self._lost_waiter.set_result(None)
+        waiter = self._waiter
+        if waiter is None:
+            # Lost while idle (the worker restarted or timed it out): drop it so no request picks it up.
+            with contextlib.suppress(ValueError):
+                self._idle.remove(self)
+            return
+        self._waiter = None
+        if waiter.done():
+            return
+        headers = self._headers
+        if self._headers_complete and "content-length" not in headers and "transfer-encoding" not in headers:
+            # No framing header: the body runs until the server closes the connection (RFC 9112 6.3).
+            waiter.set_result(InstanceResponse(self._status, headers, b"".join(self._body)))
+            return
+        where = "in the middle of the response" if self.received else "before any response byte"
+        waiter.set_exception(
+            InstanceUnreachable(f"instance at {self._address} closed the connection {where}")
+        )
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    # -- httptools callbacks ---------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None:
+            # A second response after the one we asked for: raising makes feed_data fail, and we abort.
+            raise _UnsolicitedResponse
+        self._status = 0
+        self._headers = {}
+        self._body = []
+        self._headers_complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        old = self._headers.get(key)
+        self._headers[key] = text if old is None else f"{old}, {text}"
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._status = parser.get_status_code()
+        # Asked here, while llhttp's flags still describe this message (it resets them after completion).
+        self._keep_alive = parser.should_keep_alive()
+        self._headers_complete = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._status < 200:
+            return  # an interim response (100 Continue, 103 Early Hints): the final one follows
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None and not waiter.done():
+            chunks = self._body
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            waiter.set_result(InstanceResponse(self._status, self._headers, body))
+
+
+class _UnsolicitedResponse(Exception):
+    pass
+
+
+def _expire(
+    waiter: asyncio.Future[InstanceResponse], address: str, method: str, path: str, timeout_s: float
+) -> None:
+    if not waiter.done():
+        waiter.set_exception(
+            InstanceTimeout(
+                f"instance at {address} gave no full response to {method} {path} in {timeout_s} s"
+            )
+        )
+
+
+class InstanceClient:
+    """One per instance: a bounded pool of keep-alive HTTP/1.1 connections to one address.
+
+    There is no cap on connections in use (the router does admission control); at most
+    ``max_idle_connections`` idle ones are kept, and the most recently used is reused first, so that a burst's
+    extra connections age out at the bottom of the stack and the warm ones stay warm.
+    """
+
+    __slots__ = ("_address", "_closed", "_host_line", "_idle", "_max_idle", "_tcp_address", "_unix_path")
+
+    def __init__(
+        self,
+        *,
+        unix_path: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        max_idle_connections: int = 64,
+    ) -> None:
+        if max_idle_connections < 0:
+            raise ValueError(f"max_idle_connections must be >= 0, not {max_idle_connections}")
+        self._unix_path = unix_path
+        self._tcp_address: tuple[str, int] | None = None
+        if unix_path is not None and host is None and port is None:
+            self._address = f"unix:{unix_path}"
+            self._host_line = b"host: localhost\r\n"
+        elif unix_path is None and host is not None and port is not None:
+            self._tcp_address = (host, port)
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self._address = authority
+            self._host_line = f"host: {authority}\r\n".encode("ascii")
+        else:
+            raise ValueError("give either unix_path, or host and port")
+        self._idle: list[_Connection] = []
+        self._max_idle = max_idle_connections
+        self._closed = False
+
+    @property
+    def idle_connections(self) -> int:
+        """How many open connections wait in the pool (for metrics and tests)."""
+        return len(self._idle)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+        timeout_s: float = 60.0,
+    ) -> InstanceResponse:
+        """Send one request and return the complete response.
+
+        ``path`` must be an already-quoted request target and ``headers`` well-formed (as an HTTP parser
+        yields them) without host, content-length, transfer-encoding or connection, which this client writes.
+        ``timeout_s`` covers connect, send and the full response. Raises InstanceUnreachable or
+        InstanceTimeout; HTTP error statuses are responses, not exceptions.
+        """
+        if self._closed:
+            raise InstanceUnreachable(f"the client for the instance at {self._address} is closed")
+        if method == "HEAD":
+            # httptools cannot be told that a HEAD response has no body; the contract has no HEAD.
+            raise ValueError("HEAD is not supported")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        parts = [
+            f"{method} {path} HTTP/1.1\r\n".encode("latin-1"),
+            self._host_line,
+            b"content-length: %d\r\n" % len(body),
+        ]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        data: bytes | list[bytes]
+        if len(body) <= _JOIN_BODY_MAX_BYTES:
+            parts.append(body)
+            data = b"".join(parts)
+        else:
+            data = [b"".join(parts), body]
+
+        idle = self._idle
+        if idle:
+            conn = idle.pop()
+            try:
+                return await self._exchange(loop, conn, data, deadline, method, path, timeout_s)
+            except InstanceUnreachable:
+                if conn.received:
+                    raise
+                # The pooled connection died before answering: almost always the peer closed it while it
+                # sat idle and its FIN crossed our request on the wire, so one retry on a fresh connection is
+                # safe. The worker may also have taken the request and died before writing a byte; then it is
+                # gone and the fresh connect fails too. A fresh connection that fails is never retried: the
+                # instance is down or crashed on this very request, and a second try could run it twice.
+        conn = await self._connect(loop, deadline, timeout_s)
+        return await self._exchange(loop, conn, data, deadline, method, path, timeout_s)
+
+    async def _exchange(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: _Connection,
+        data: bytes | list[bytes],
+        deadline: float,
+        method: str,
+        path: str,
+        timeout_s: float,
+    ) -> InstanceResponse:
+        waiter: asyncio.Future[InstanceResponse] = loop.create_future()
+        timer = loop.call_at(deadline, _expire, waiter, self._address, method, path, timeout_s)
+        try:
+            conn.send(waiter, data)
+            response = await waiter
+        except BaseException:
+            # Timed out, failed or cancelled: part of a response may still come, so the stream is unusable.
+            conn.abort()
+            raise
+        finally:
+            timer.cancel()
+        if conn.reusable and not self._closed and len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            conn.close()
+        return response
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, timeout_s: float
+    ) -> _Connection:
+        idle, address = self._idle, self._address
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                if self._tcp_address is None:
+                    _, conn = await loop.create_unix_connection(
+                        lambda: _Connection(idle, address), self._unix_path
+                    )
+                else:
+                    host, port = self._tcp_address
+                    transport, conn = await loop.create_connection(
+                        lambda: _Connection(idle, address), host, port
+                    )
+                    sock = transport.get_extra_info("socket")
+                    if sock is not None:
+                        # Requests are written whole; Nagle would only hold back the tail of a large one.
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            if timeout.expired():
+                raise InstanceTimeout(
+                    f"could not connect to the instance at {address} in {timeout_s} s"
+                ) from None
+            raise InstanceUnreachable(f"could not connect to the instance at {address}: {exc}") from exc
+        return conn
+
+    async def close(self) -> None:
+        """Close every pooled connection; later requests raise InstanceUnreachable.
+
+        Requests in flight finish, and their connections are closed instead of pooled.
+        """
+        self._closed = True
+        idle = self._idle
+        conns = idle[:]
+        idle.clear()
+        for conn in conns:
+            conn.abort()
+        for conn in conns:
+            await conn.wait_lost()

@@ -1,0 +1,128 @@
+"""The invocation path: endpoint → variant → instance, forward the body untouched, map the answer.
+
+Called by the runtime API for every InvokeEndpoint. No database, no logging, no task creation here.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from modelhost.errors import ModelInvocationError, ModelNotReady, ServiceUnavailable, ValidationError
+from modelhost.router.choice import choose_instance, choose_variant
+from modelhost.router.instance_client import InstanceTimeout, InstanceUnreachable
+from modelhost.router.table import InstanceHandle, RouteTable
+
+_CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeRequest:
+    endpoint: str
+    body: bytes
+    content_type: bytes | None
+    accept: bytes | None
+    custom_attributes: bytes | None
+    target_variant: str | None
+    inference_id: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeResult:
+    variant: str
+    body: bytes
+    content_type: str | None
+    custom_attributes: str | None
+    model_latency_us: int
+
+
+class Router:
+    def __init__(self, table: RouteTable, account_id: str, max_outstanding_per_instance: int) -> None:
+        self._table = table
+        self._account = account_id
+        self._max_outstanding = max_outstanding_per_instance
+        self._rotor = 0
+        self._random = random.random
+
+    def variant_for_endpoint(self, endpoint: str) -> str | None:
+        """A variant to count a request against when it failed before one was chosen."""
+        route = self._table.routes.get(endpoint)
+        return route.variants[0].name if route and route.variants else None
+
+    def _pick(self, req: InvokeRequest) -> tuple[InstanceHandle, float]:
+        route = self._table.routes.get(req.endpoint)
+        if route is None:
+            raise ValidationError(f"Endpoint {req.endpoint} of account {self._account} not found.")
+        if req.target_variant is not None:
+            variant = route.by_name.get(req.target_variant)
+            if variant is None:
+                raise ValidationError(
+                    f"Variant {req.target_variant} not found for endpoint {req.endpoint}; it has "
+                    f"{[v.name for v in route.variants]}."
+                )
+            if not variant.instances:
+                raise ModelNotReady(f"Variant {variant.name} of endpoint {req.endpoint} has no instance ready yet.")
+        else:
+            chosen = choose_variant(route, self._random())
+            if chosen is None:
+                raise ModelNotReady(
+                    f"Endpoint {req.endpoint} has no instance ready to serve yet; retry shortly "
+                    "(DescribeEndpoint shows its status)."
+                )
+            variant = chosen
+        self._rotor += 1
+        handle = choose_instance(variant.instances, self._max_outstanding, self._rotor)
+        if handle is None:
+            raise ServiceUnavailable(
+                f"Every instance of variant {variant.name} of endpoint {req.endpoint} is at its limit of "
+                f"{self._max_outstanding} requests in flight; retry, or add instances."
+            )
+        return handle, route.timeout_s
+
+    async def invoke(self, req: InvokeRequest) -> InvokeResult:
+        handle, timeout_s = self._pick(req)
+        headers: list[tuple[bytes, bytes]] = []
+        if req.content_type is not None:
+            headers.append((b"content-type", req.content_type))
+        if req.accept is not None:
+            headers.append((b"accept", req.accept))
+        if req.custom_attributes is not None:
+            headers.append((b"x-amzn-sagemaker-custom-attributes", req.custom_attributes))
+        if req.inference_id is not None:
+            headers.append((b"x-amzn-sagemaker-inference-id", req.inference_id))
+        handle.outstanding += 1
+        started = time.perf_counter_ns()
+        try:
+            resp = await handle.client.request("POST", "/invocations", headers, req.body, timeout_s)
+        except InstanceTimeout:
+            raise self._model_error(
+                handle, 0,
+                f"The model did not answer within {timeout_s:g} s, the endpoint's invocation timeout. Make "
+                "it faster, or raise SAGEMAKER_MODEL_SERVER_TIMEOUT in the model's Environment.",
+            ) from None
+        except InstanceUnreachable as exc:
+            raise self._model_error(
+                handle, 0, f"Instance {handle.id} closed the connection before answering ({exc}); its "
+                "process may have exited while handling the request.",
+            ) from None
+        finally:
+            handle.release()
+        latency_us = (time.perf_counter_ns() - started) // 1000
+        if resp.status >= 300:
+            raise self._model_error(handle, resp.status, resp.body.decode("utf-8", "replace"))
+        return InvokeResult(
+            variant=handle.variant,
+            body=resp.body,
+            content_type=resp.headers.get("content-type"),
+            custom_attributes=resp.headers.get(_CUSTOM_ATTRIBUTES),
+            model_latency_us=latency_us,
+        )
+
+    def _model_error(self, handle: InstanceHandle, status: int, message: str) -> ModelInvocationError:
+        kind = "client" if 400 <= status < 500 else "server"
+        text = (
+            f'Received {kind} error ({status}) from primary with message "{message}". '
+            f"See {handle.log_stream_arn} in account {self._account} for more information."
+        )
+        return ModelInvocationError(text, status, message, handle.log_stream_arn, handle.variant)

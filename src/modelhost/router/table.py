@@ -1,0 +1,68 @@
+"""The routing table: endpoint → variants → instance handles. Rebuilt by the controller on change, read
+lock-free by every invocation (a whole EndpointRoute is swapped in one dict assignment)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from modelhost.router.instance_client import InstanceClient
+
+
+class InstanceHandle:
+    """One routable instance. Outlives table rebuilds, so its outstanding count stays true across them."""
+
+    __slots__ = ("_idle", "client", "draining", "id", "log_stream_arn", "outstanding", "variant")
+
+    def __init__(self, id: str, variant: str, client: InstanceClient, log_stream_arn: str) -> None:
+        self.id = id
+        self.variant = variant
+        self.client = client
+        self.log_stream_arn = log_stream_arn
+        self.outstanding = 0
+        self.draining = False
+        self._idle: asyncio.Event | None = None
+
+    def release(self) -> None:
+        self.outstanding -= 1
+        if self.draining and self.outstanding == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait until no request is in flight; the caller has already taken it out of the table."""
+        self.draining = True
+        if self.outstanding == 0:
+            return
+        self._idle = asyncio.Event()
+        await self._idle.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class VariantRoute:
+    name: str
+    weight: float
+    instances: tuple[InstanceHandle, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRoute:
+    name: str
+    variants: tuple[VariantRoute, ...]
+    timeout_s: float
+    # True while the endpoint exists but cannot serve yet (Creating, or restarting after a crash).
+    starting: bool = False
+    by_name: dict[str, VariantRoute] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.by_name.update({v.name: v for v in self.variants})
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self.routes: dict[str, EndpointRoute] = {}
+
+    def publish(self, route: EndpointRoute) -> None:
+        self.routes[route.name] = route
+
+    def remove(self, endpoint: str) -> None:
+        self.routes.pop(endpoint, None)

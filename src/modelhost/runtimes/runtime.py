@@ -1,0 +1,44 @@
+"""The Runtime protocol: the defaults a framework adapter gives the worker's handler pipeline.
+
+The worker calls these wherever the user's ``code/inference.py`` does not define the matching function.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Runtime(Protocol):
+    """One framework adapter. Methods mirror the inference toolkit's default_* handler functions."""
+
+    @property
+    def name(self) -> str:
+        """The name the registry knows this runtime by (``sklearn``)."""
+        ...
+
+    def model_fn(self, model_dir: str) -> object:
+        """Load the model from the unpacked artifact; raise ``ArtifactError`` saying what is missing."""
+        ...
+
+    def input_fn(self, input_data: bytes | str, content_type: str) -> object:
+        """Decode a request body; raise a ``codecs.CodecError`` for bodies the client must fix."""
+        ...
+
+    def predict_fn(self, data: object, model: object) -> object:
+        """Run the model on decoded data."""
+        ...
+
+    def output_fn(self, prediction: object, accept: str) -> tuple[bytes, str]:
+        """Encode a prediction as ``(body, content_type)``."""
+        ...
+
+    def accept_media_type(self, accept: str) -> str:
+        """The media type ``output_fn`` would answer ``accept`` with; raise ``UnsupportedAccept`` if none.
+
+        Called before decoding so that a request the runtime cannot answer costs no prediction.
+        """
+        ...
+
+    def warm_up(self, model: object) -> None:
+        """Make the first real request as fast as later ones; /ping answers 200 only after this returns."""
+        ...

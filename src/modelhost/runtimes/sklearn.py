@@ -1,0 +1,103 @@
+"""The scikit-learn runtime: loads a joblib/pickle artifact and predicts with ``model.predict``.
+
+Chosen by the worker for ``--runtime sklearn``. Only this module imports joblib (scikit-learn itself is
+imported by unpickling the model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from modelhost.errors import ArtifactError
+from modelhost.runtimes import codecs
+
+# Searched in this order at the top level of the model dir; SageMaker's examples save model.joblib.
+MODEL_FILE_NAMES = ("model.joblib", "model.pkl", "model.pickle")
+_MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle")
+_LISTED_FILES_MAX = 20
+
+
+def find_model_file(model_dir: Path) -> Path:
+    """The artifact to load: a conventional name, else the only ``*.joblib``/``*.pkl``/``*.pickle`` file."""
+    for name in MODEL_FILE_NAMES:
+        candidate = model_dir / name
+        if candidate.is_file():
+            return candidate
+    entries = sorted(model_dir.iterdir()) if model_dir.is_dir() else []
+    candidates = [entry for entry in entries if entry.is_file() and entry.suffix in _MODEL_SUFFIXES]
+    if len(candidates) == 1:
+        return candidates[0]
+    listed = ", ".join(entry.name + ("/" if entry.is_dir() else "") for entry in entries[:_LISTED_FILES_MAX])
+    if len(entries) > _LISTED_FILES_MAX:
+        listed += f", ... ({len(entries)} entries)"
+    found = f"found: {listed}" if entries else "the directory is empty"
+    if len(candidates) > 1:
+        found = f"found several candidates: {', '.join(entry.name for entry in candidates)}"
+    raise ArtifactError(
+        f"No model file found in {model_dir}: expected {', '.join(MODEL_FILE_NAMES[:-1])} or "
+        f"{MODEL_FILE_NAMES[-1]}, or define model_fn in code/inference.py ({found})"
+    )
+
+
+def _sklearn_version() -> str:
+    try:
+        import sklearn
+    except ImportError:
+        return "not installed"
+    version: str = sklearn.__version__
+    return version
+
+
+def _is_numeric(array: np.ndarray) -> bool:
+    return array.dtype.kind in "biuf"
+
+
+class SklearnRuntime:
+    """Defaults of SageMaker's scikit-learn container, with a model_fn that needs no user code."""
+
+    @property
+    def name(self) -> str:
+        return "sklearn"
+
+    def model_fn(self, model_dir: str) -> object:
+        path = find_model_file(Path(model_dir))
+        try:
+            # joblib.load reads plain pickle files too.
+            return joblib.load(path)
+        except Exception as exc:
+            raise ArtifactError(
+                f"Could not load {path}: {type(exc).__name__}: {exc}. Save the model with joblib.dump or "
+                f"pickle using a scikit-learn version compatible with this worker's ({_sklearn_version()}), "
+                "or define model_fn in code/inference.py"
+            ) from exc
+
+    def input_fn(self, input_data: bytes | str, content_type: str) -> object:
+        return codecs.decode(input_data, content_type)
+
+    def predict_fn(self, data: object, model: object) -> object:
+        if isinstance(data, np.ndarray) and data.ndim == 1 and _is_numeric(data):
+            # A flat list of numbers is one row, unless the model has a single feature, in which case it is a
+            # column. Non-numeric 1-D input stays 1-D: text pipelines (TfidfVectorizer, ...) expect it so.
+            single_feature = getattr(model, "n_features_in_", None) == 1
+            data = data.reshape(-1, 1) if single_feature else data.reshape(1, -1)
+        predict = getattr(model, "predict", None)
+        if predict is None:
+            raise TypeError(
+                f"the model ({type(model).__name__}) has no predict method; define predict_fn in "
+                "code/inference.py"
+            )
+        result: object = predict(data)
+        return result
+
+    def output_fn(self, prediction: object, accept: str) -> tuple[bytes, str]:
+        return codecs.encode(prediction, accept)
+
+    def accept_media_type(self, accept: str) -> str:
+        return codecs.negotiate_accept(accept)
+
+    def warm_up(self, model: object) -> None:
+        # scikit-learn estimators need no warm-up: there is no lazy compilation or device transfer.
+        return None

@@ -1,0 +1,74 @@
+"""One typed settings tree. Environment variables (``MODELHOST_*``) and CLI flags both come from here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class InstanceTypeSpec(BaseModel):
+    """Resources of a named instance type, used for placement and worker thread pools."""
+
+    vcpus: float = Field(gt=0, description="virtual CPUs the instance may use")
+    memory_bytes: int = Field(gt=0, description="memory the instance is entitled to")
+    gpus: int = Field(default=0, ge=0, description="GPUs the instance needs; never overcommitted")
+
+
+class Settings(BaseSettings):
+    """Every knob of a modelhost server. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELHOST_", env_nested_delimiter="__", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="address to bind; loopback unless told otherwise")
+    port: int = Field(default=8080, ge=0, le=65535, description="the one port for every API")
+    data_dir: Path = Field(default=Path("modelhost-data"), description="metadata, objects, logs, instances")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is a SQLite file in the data dir"
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="send s3:// URLs to this S3 API instead of <data-dir>/buckets"
+    )
+    region: str = Field(default="us-east-1", description="region shown in ARNs")
+    account_id: str = Field(default="000000000000", description="account shown in ARNs")
+
+    invocation_timeout_s: float = Field(
+        default=60.0, gt=0, description="how long a model may take to answer /invocations"
+    )
+    max_payload_bytes: int = Field(default=6_291_456, gt=0, description="largest InvokeEndpoint body")
+    max_concurrency_per_instance: int = Field(
+        default=64, gt=0, description="requests in flight to one instance before it counts as saturated"
+    )
+
+    cpu_overcommit: float = Field(default=16.0, gt=0, description="vCPUs placeable per host core")
+    memory_overcommit: float = Field(default=8.0, gt=0, description="instance memory placeable per host byte")
+    host_gpus: int | None = Field(
+        default=None, ge=0, description="GPUs this host may place; default counts them with nvidia-smi"
+    )
+    instance_types: dict[str, InstanceTypeSpec] = Field(
+        default_factory=dict, description="extra or overridden instance types, by name"
+    )
+
+    startup_timeout_s: float = Field(
+        default=600.0, gt=0, description="how long an instance may take to answer /ping healthy"
+    )
+    health_check_interval_s: float = Field(default=2.0, gt=0, description="pause between pings")
+    ping_timeout_s: float = Field(default=2.0, gt=0, description="deadline of one /ping")
+    unhealthy_after_failures: int = Field(
+        default=3, ge=1, description="consecutive failed pings before an instance is replaced"
+    )
+    stop_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM to SIGKILL when stopping")
+    restart_backoff_max_s: float = Field(
+        default=30.0, gt=0, description="longest pause between relaunches of a crashing instance"
+    )
+    max_artifact_bytes: int = Field(
+        default=20 * 1024**3, gt=0, description="largest unpacked model artifact"
+    )
+    reconcile_interval_s: float = Field(default=1.0, gt=0, description="pause between reconciler passes")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'modelhost.db').resolve()}"

@@ -1,0 +1,40 @@
+"""``python -m modelhost.worker``: the worker's composition root.
+
+Command line (written by the server's instance backend)::
+
+    python -m modelhost.worker --socket PATH --model-dir DIR --runtime sklearn --vcpus N --timeout-s 60
+        --failure-file PATH [--lifeline-fd FD] [--hang-grace-s 5]
+
+Environment: the model container's ``Environment`` (SAGEMAKER_PROGRAM, SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT,
+user variables), SM_MODEL_DIR, and the *_NUM_THREADS variables the server derives from the vCPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import uvloop
+
+from modelhost.worker.lifecycle import WorkerProcess, flush_std_streams
+from modelhost.worker.options import parse_options
+
+
+def main() -> None:
+    options = parse_options(sys.argv[1:], os.environ)
+    # Handler code's print() must reach the instance's log stream as it happens, not when a buffer fills.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    code = uvloop.run(WorkerProcess(options).run())
+    flush_std_streams()
+    # os._exit, not sys.exit: the interpreter joins handler threads at exit, and a stuck handler (the reason
+    # we may be stopping) would keep the process alive forever.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

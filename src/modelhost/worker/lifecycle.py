@@ -1,0 +1,201 @@
+"""The worker's life: listen at once, load the model in the background, serve, stop.
+
+Run by ``__main__`` on a uvloop event loop; builds the contract app, the handler pool and uvicorn, and owns
+every way the process ends (SIGTERM/SIGINT, lifeline EOF, load failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import uvicorn
+from uvicorn.lifespan.off import LifespanOff
+
+from modelhost.worker.failure import LoadFailure, describe_exception, write_failure_file
+from modelhost.worker.health import BusyClock
+from modelhost.worker.lifeline import watch_lifeline
+from modelhost.worker.loading import load_pipeline
+from modelhost.worker.options import WorkerOptions
+from modelhost.worker.pipeline import Pipeline
+from modelhost.worker.server import ContractApp
+
+log = logging.getLogger("modelhost.worker")
+
+_BACKLOG = 2048
+# Longer than the server's idle pooled connections live, so the worker is not the side that closes them.
+_KEEP_ALIVE_S = 75
+
+
+def bind_unix_socket(path: Path) -> socket.socket:
+    """A listening unix socket at ``path``, replacing a stale one left by a previous worker."""
+    if path.is_socket():
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def build_uvicorn_server(app: ContractApp, options: WorkerOptions) -> uvicorn.Server:
+    """uvicorn with httptools, stripped of what the contract does not need on the hot path."""
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        ws="none",
+        lifespan="off",
+        interface="asgi3",
+        log_config=None,  # keep the worker's own one-line log format
+        log_level=logging.WARNING,
+        access_log=False,  # no per-request logging: the server measures and logs invocations
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,  # the Date header is refreshed by uvicorn's main loop, which we do not run
+        backlog=_BACKLOG,
+        timeout_keep_alive=_KEEP_ALIVE_S,
+        timeout_graceful_shutdown=math.ceil(options.timeout_s),
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    # We drive startup()/shutdown() ourselves instead of serve(): serve() installs its own signal handlers,
+    # re-raises SIGTERM after shutdown (so the exit status would not be 0) and ticks a polling main loop.
+    # serve() would set .lifespan itself; startup() needs it.
+    server.lifespan = LifespanOff(config)
+    return server
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        # The server that reads our output may be gone.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+class WorkerProcess:
+    """One run of the worker; ``run`` returns the exit status."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self._options = options
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._exit_code = 0
+        self._server: uvicorn.Server | None = None
+
+    async def run(self) -> int:
+        options = self._options
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            if options.lifeline_fd is not None:
+                watch_lifeline(loop, options.lifeline_fd, self._on_lifeline_eof)
+            sock = bind_unix_socket(options.socket_path)
+        except OSError as exc:
+            self._fail(
+                LoadFailure(
+                    f"The worker could not start: {describe_exception(exc)}. The socket's directory must "
+                    "exist, its path must be under 108 bytes, and the lifeline fd must be passed down"
+                ),
+                exc,
+            )
+            return self._exit_code
+        executor = ThreadPoolExecutor(max_workers=options.prediction_threads, thread_name_prefix="handler")
+        app = ContractApp(executor=executor, busy=BusyClock(), hang_after_s=options.hang_after_s)
+        server = build_uvicorn_server(app, options)
+        self._server = server
+        await server.startup(sockets=[sock])
+        log.info(
+            "listening on unix:%s (pid %d, %d handler threads)",
+            options.socket_path,
+            os.getpid(),
+            options.prediction_threads,
+        )
+
+        log.info("loading model from %s with the %s runtime", options.model_dir, options.runtime)
+        started = time.perf_counter()
+        # Not awaited: requests get 503 until it is done. If we stop first, the thread is abandoned with the
+        # process (nothing can interrupt a running model_fn).
+        loading = executor.submit(load_pipeline, options)
+        loading.add_done_callback(
+            lambda future: loop.call_soon_threadsafe(self._on_loaded, app, future, started)
+        )
+
+        await self._stop.wait()
+        app.set_stopping()
+        log.info(
+            "stopping (%s): finishing in-flight requests for at most %d s",
+            self._stop_reason,
+            math.ceil(options.timeout_s),
+        )
+        await server.shutdown(sockets=[sock])
+        _unlink(options.socket_path)
+        log.info("stopped")
+        return self._exit_code
+
+    def _on_loaded(self, app: ContractApp, future: Future[Pipeline], started: float) -> None:
+        if self._stop.is_set():
+            return
+        exc = future.exception()
+        if exc is None:
+            app.set_ready(future.result())
+            log.info("loaded in %d ms; ready", round((time.perf_counter() - started) * 1000))
+            return
+        failure = (
+            exc
+            if isinstance(exc, LoadFailure)
+            else LoadFailure(f"Loading the model failed unexpectedly: {describe_exception(exc)}")
+        )
+        self._fail(failure, exc)
+        self._request_stop("load failed")
+
+    def _fail(self, failure: LoadFailure, exc: BaseException) -> None:
+        """Explain a failure to start in the failure file and the log; the process will exit 1."""
+        self._exit_code = 1
+        try:
+            write_failure_file(self._options.failure_file, failure.message)
+        except OSError as write_error:
+            log.error("could not write the failure file %s: %s", self._options.failure_file, write_error)
+        sys.stderr.write("".join(traceback.format_exception(exc)))
+        log.error("load failed: %s", failure.message)
+
+    def _request_stop(self, reason: str) -> None:
+        if self._stop.is_set():
+            return
+        self._stop_reason = reason
+        self._stop.set()
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stop.is_set() and self._server is not None:
+            log.warning("%s again: not waiting for in-flight requests", name)
+            self._server.force_exit = True
+            return
+        self._request_stop(f"{name} received")
+
+    def _on_lifeline_eof(self) -> None:
+        # The server is gone: nobody is left to answer, drain for, or report to. Exit now, even with handler
+        # threads running (os._exit does not join them).
+        log.warning("lifeline closed: the server is gone; exiting now")
+        _unlink(self._options.socket_path)
+        flush_std_streams()
+        os._exit(0)

@@ -1,0 +1,95 @@
+"""Loading the model: runtime, user code, pre_model_fn, model_fn, warm-up, in the toolkit's order.
+
+Run once by the lifecycle on a handler thread. Any failure becomes a ``LoadFailure`` whose message goes to the
+failure file, so it names what failed and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from modelhost import __version__
+from modelhost.errors import ModelhostError, ValidationError
+from modelhost.runtimes.registry import load_runtime
+from modelhost.runtimes.runtime import Runtime
+from modelhost.worker.context import HandlerContext
+from modelhost.worker.failure import LoadFailure, describe_exception
+from modelhost.worker.handler import HandlerFunction, load_user_handlers
+from modelhost.worker.options import WorkerOptions
+from modelhost.worker.pipeline import Pipeline
+
+
+def system_properties(options: WorkerOptions) -> dict[str, object]:
+    """What toolkit code reads from ``context.system_properties`` (TorchServe's names)."""
+    return {
+        "model_dir": str(options.model_dir),
+        "gpu_id": None,  # CPU until a runtime places the model on a GPU
+        "batch_size": 1,
+        "server_name": "modelhost",
+        "server_version": __version__,
+    }
+
+
+def _runtime(name: str) -> Runtime:
+    try:
+        return load_runtime(name)
+    except ValidationError as exc:
+        raise LoadFailure(f"{exc.message}. Change the model's Image to one of them") from exc
+    except ImportError as exc:
+        raise LoadFailure(
+            f"The {name} runtime cannot start: {describe_exception(exc)}. Install modelhost[{name}] where "
+            "the worker runs"
+        ) from exc
+
+
+def _run_user(function: HandlerFunction, context: HandlerContext, source: Path, *args: object) -> object:
+    try:
+        if function.takes_context:
+            return function.fn(*args, context)
+        return function.fn(*args)
+    except BaseException as exc:
+        where = f"{source.parent.name}/{source.name}"
+        raise LoadFailure(
+            f"{function.name} in {where} raised {describe_exception(exc, source.parent)}. "
+            f"Fix {function.name} or the model artifact"
+        ) from exc
+
+
+def _run_default(runtime: Runtime, step: str, call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except ModelhostError as exc:
+        raise LoadFailure(exc.message) from exc
+    except Exception as exc:
+        raise LoadFailure(f"The {runtime.name} runtime's {step} failed: {describe_exception(exc)}") from exc
+
+
+def load_pipeline(options: WorkerOptions) -> Pipeline:
+    """Everything that happens before /ping may answer 200."""
+    runtime = _runtime(options.runtime)
+    model_dir = options.model_dir
+    if not model_dir.is_dir():
+        raise LoadFailure(
+            f"The model directory {model_dir} does not exist; the artifact was not unpacked there"
+        )
+    handlers = load_user_handlers(model_dir, options.program)
+    properties = system_properties(options)
+    context = HandlerContext((), properties)
+    source = handlers.source
+    if source is not None and handlers.pre_model_fn is not None:
+        _run_user(handlers.pre_model_fn, context, source, str(model_dir))
+    if source is not None and handlers.model_fn is not None:
+        model = _run_user(handlers.model_fn, context, source, str(model_dir))
+    else:
+        model = _run_default(runtime, "model_fn", lambda: runtime.model_fn(str(model_dir)))
+    if source is not None and handlers.model_warmup_fn is not None:
+        _run_user(handlers.model_warmup_fn, context, source, str(model_dir), model)
+    _run_default(runtime, "warm-up", lambda: runtime.warm_up(model))
+    return Pipeline(
+        model=model,
+        runtime=runtime,
+        handlers=handlers,
+        system_properties=properties,
+        default_accept=options.default_accept,
+    )

@@ -1,0 +1,164 @@
+"""One invocation through the handler chain: input_fn → predict_fn → output_fn, or transform_fn.
+
+Built once the model is loaded; ``invoke`` runs on a handler thread, never on the event loop. User functions
+replace the runtime's defaults one by one, exactly as the SageMaker inference toolkit combines them.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from modelhost.errors import ModelhostError
+from modelhost.runtimes import codecs
+from modelhost.runtimes.codecs import CodecError, UndecodableBody
+from modelhost.runtimes.runtime import Runtime
+from modelhost.worker.context import HandlerContext
+from modelhost.worker.failure import describe_exception
+from modelhost.worker.handler import HandlerFunction, UserHandlers
+
+# User input_fn/transform_fn receive these bodies as str (UTF-8) and every other type as bytes, as the
+# inference toolkit does (its UTF8_TYPES). Handler code written for SageMaker relies on it (for example it
+# calls .decode() on text/plain bodies), so text/* in general stays bytes. Parameters are ignored here:
+# "text/csv; charset=utf-8" is text too.
+TEXT_MEDIA_TYPES = frozenset({codecs.JSON, codecs.CSV})
+DEFAULT_CONTENT_TYPE = codecs.JSON
+_NO_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful invocation's response."""
+
+    body: bytes
+    content_type: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = _NO_HEADERS  # set by the handler through its context
+
+
+class HandlerFailed(ModelhostError):
+    """User handler code or the model raised; the message is ``<ExceptionType>: <message>``."""
+
+
+def _as_bytes(body: object) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, bytearray | memoryview):
+        return bytes(body)
+    # The toolkit's model servers JSON-encode any other output_fn result; keep that for handler code
+    # that returns a list or dict.
+    return codecs.dumps_json(body)
+
+
+def _content_type_bytes(content_type: object) -> bytes:
+    if isinstance(content_type, bytes):
+        content_type = content_type.decode("latin-1")
+    if not isinstance(content_type, str):
+        raise TypeError(
+            f"the content type of a (body, content_type) result must be a str, not {content_type!r}"
+        )
+    if "\r" in content_type or "\n" in content_type:
+        raise ValueError(f"content type {content_type!r} contains a line break")
+    return content_type.encode("latin-1")
+
+
+class Pipeline:
+    """The loaded model and the functions to run it with. Safe to call from several threads at once."""
+
+    def __init__(
+        self,
+        *,
+        model: object,
+        runtime: Runtime,
+        handlers: UserHandlers,
+        system_properties: Mapping[str, object],
+        default_accept: str,
+    ) -> None:
+        self.model = model
+        self._runtime = runtime
+        self._input_fn = handlers.input_fn
+        self._predict_fn = handlers.predict_fn
+        self._output_fn = handlers.output_fn
+        self._transform_fn = handlers.transform_fn
+        self._system_properties = system_properties
+        self._default_accept = default_accept
+        # Decided once: a context is built per request only if some function will receive it.
+        self._wants_context = any(
+            fn is not None and fn.takes_context
+            for fn in (self._input_fn, self._predict_fn, self._output_fn, self._transform_fn)
+        )
+
+    def invoke(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> Reply:
+        """Run one request; raises ``CodecError`` (the client must fix the request) or ``HandlerFailed``."""
+        content_type = content_type or DEFAULT_CONTENT_TYPE
+        if not accept or accept == "*/*":
+            accept = self._default_accept
+        context = HandlerContext(headers, self._system_properties) if self._wants_context else None
+        try:
+            if self._transform_fn is not None:
+                raw = self._handler_input(body, content_type)
+                result = _call(self._transform_fn, context, self.model, raw, content_type, accept)
+            else:
+                if self._output_fn is None:
+                    # Fail an unanswerable Accept (406) before paying for decoding and prediction.
+                    accept = self._runtime.accept_media_type(accept)
+                data = self._input(body, content_type, context)
+                result = self._output(self._predict(data, context), accept, context)
+            return self._reply(result, accept, context)
+        except CodecError:
+            raise
+        except BaseException as exc:  # anything user code raises, SystemExit included, is the model's error
+            message = describe_exception(exc)
+            sys.stderr.write(f"invocation failed: {message}\n" + "".join(traceback.format_exception(exc)))
+            raise HandlerFailed(message) from exc
+
+    def _handler_input(self, body: bytes, content_type: str) -> bytes | str:
+        if codecs.media_type(content_type) not in TEXT_MEDIA_TYPES:
+            return body
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UndecodableBody(f"The {content_type} body is not valid UTF-8: {exc}") from exc
+
+    def _input(self, body: bytes, content_type: str, context: HandlerContext | None) -> object:
+        if self._input_fn is None:
+            # The runtime's decoders parse bytes directly; decoding to str first would only cost time.
+            return self._runtime.input_fn(body, content_type)
+        return _call(self._input_fn, context, self._handler_input(body, content_type), content_type)
+
+    def _predict(self, data: object, context: HandlerContext | None) -> object:
+        if self._predict_fn is None:
+            return self._runtime.predict_fn(data, self.model)
+        return _call(self._predict_fn, context, data, self.model)
+
+    def _output(self, prediction: object, accept: str, context: HandlerContext | None) -> object:
+        if self._output_fn is None:
+            return self._runtime.output_fn(prediction, accept)
+        return _call(self._output_fn, context, prediction, accept)
+
+    @staticmethod
+    def _reply(result: object, accept: str, context: HandlerContext | None) -> Reply:
+        # output_fn/transform_fn may return the body alone (typed as Accept) or (body, content_type).
+        if isinstance(result, tuple):
+            if len(result) != 2:
+                raise TypeError(f"expected (body, content_type) from output_fn, got a {len(result)}-tuple")
+            body, content_type = result
+        else:
+            body, content_type = result, accept
+        headers = context.response_headers if context is not None else _NO_HEADERS
+        return Reply(_as_bytes(body), _content_type_bytes(content_type), headers)
+
+
+def _call(function: HandlerFunction, context: HandlerContext | None, *args: object) -> object:
+    if function.takes_context:
+        return function.fn(*args, context)
+    return function.fn(*args)
