@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.fixtures.seaweed import SeaweedS3, running_seaweed, weed_binary
 
 from modelhost.errors import ArtifactError
 from modelhost.instances.artifacts import fetch_model_data
 from modelhost.store.objects import ObjectStore, open_object_store
-from tests.fixtures.seaweed import SeaweedS3, running_seaweed, weed_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 BUCKET = "models"
@@ -99,7 +99,7 @@ def test_wrong_credentials_are_an_artifact_error(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     store = open_object_store(tmp_path, seaweed.endpoint_url)
-    with pytest.raises(ArtifactError, match="S3 refused .*SignatureDoesNotMatch"):
+    with pytest.raises(ArtifactError, match=r"S3 refused .*SignatureDoesNotMatch"):
         store.get_bytes(f"s3://{BUCKET}/anything")
 
 

@@ -36,7 +36,8 @@ def _check_container(ctx: ControlPlaneContext, c: ContainerSpec) -> None:
 def _artifact_exists(ctx: ControlPlaneContext, url: str, compression: str | None) -> bool:
     try:
         if compression == "None" or not url.endswith((".tar.gz", ".tgz", ".tar")):
-            return ctx.objects.exists(url) or bool(ctx.objects.list(url))
+            # A prefix: something must live under it (the slash keeps "m1" from matching "m10/...").
+            return bool(ctx.objects.list(url.rstrip("/") + "/"))
         return ctx.objects.exists(url)
     except ArtifactError:
         return False

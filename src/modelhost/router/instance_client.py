@@ -292,8 +292,10 @@ class InstanceClient:
             data = [b"".join(parts), body]
 
         idle = self._idle
-        if idle:
+        while idle:
             conn = idle.pop()
+            if conn.closed:
+                continue  # its EOF arrived, but connection_lost, which drops it from the pool, has not run yet
             try:
                 return await self._exchange(loop, conn, data, deadline, method, path, timeout_s)
             except InstanceUnreachable:
@@ -304,6 +306,7 @@ class InstanceClient:
                 # safe. The worker may also have taken the request and died before writing a byte; then it is
                 # gone and the fresh connect fails too. A fresh connection that fails is never retried: the
                 # instance is down or crashed on this very request, and a second try could run it twice.
+                break
         conn = await self._connect(loop, deadline, timeout_s)
         return await self._exchange(loop, conn, data, deadline, method, path, timeout_s)
 

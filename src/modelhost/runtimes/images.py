@@ -35,10 +35,9 @@ def resolve_runtime(image: str) -> str:
     name = image.strip().lower()
     if name in _RUNTIME_NAMES:
         return _RUNTIME_NAMES[name]
-    if "/" in name:
-        runtime = _IMAGE_REPOSITORIES.get(image_repository(name))
-        if runtime is not None:
-            return runtime
+    runtime = _IMAGE_REPOSITORIES.get(image_repository(name))
+    if runtime is not None:
+        return runtime
     understood = ", ".join(sorted(_RUNTIME_NAMES))
     repositories = ", ".join(sorted(_IMAGE_REPOSITORIES))
     raise ValidationError(

@@ -5,12 +5,13 @@ Artifact fetching, async outputs and transform jobs call it from worker threads;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -86,9 +87,11 @@ def parse_object_url(url: str) -> ObjectUrl:
 def _checked(url: str, loc: ObjectUrl) -> ObjectUrl:
     if loc.scheme == "s3" and not _BUCKET.match(loc.bucket):
         raise _bad_url(url, f"{loc.bucket!r} is not a valid bucket name")
-    # Keys map onto directories locally, where `..` could escape the bucket; refuse it on every backend alike.
-    if "\x00" in loc.key or any(seg in (".", "..") for seg in loc.key.split("/")):
-        raise _bad_url(url, "it contains a '.' or '..' path segment")
+    # Keys map onto directories locally, where `..` or a leading `/` could escape the bucket; refuse them on
+    # every backend alike. Only a trailing `/` (a prefix) may leave a segment empty.
+    *inner, last = loc.key.split("/")
+    if "\x00" in loc.key or last in (".", "..") or any(seg in ("", ".", "..") for seg in inner):
+        raise _bad_url(url, "it has an empty, '.' or '..' path segment")
     return loc
 
 
@@ -100,9 +103,13 @@ def _missing(url: str) -> ArtifactError:
     return ArtifactError(f"Object {url} does not exist.")
 
 
+def _names_prefix(loc: ObjectUrl) -> bool:
+    return not loc.key or loc.key.endswith("/")
+
+
 def _object(url: str) -> ObjectUrl:
     loc = parse_object_url(url)
-    if not loc.key or loc.key.endswith("/"):
+    if _names_prefix(loc):
         raise _bad_url(url, "it names a prefix, not an object")
     return loc
 
@@ -111,7 +118,8 @@ class ObjectStore(Protocol):
     """Blocking object I/O. A missing object raises ArtifactError; a malformed URL raises ValidationError.
 
     `list` uses S3's string-prefix meaning (`models/m1` also matches `models/m10/x`), skips folder markers
-    and returns objects in the order of their full keys. `delete` of a missing object is a no-op, as in S3.
+    and returns objects in the order of their full keys. `exists` is False for a URL that names a prefix;
+    `delete` of a missing object is a no-op, as in S3.
     """
 
     def get_to_file(self, url: str, dest_path: Path) -> None: ...
@@ -124,12 +132,14 @@ class ObjectStore(Protocol):
     def delete(self, url: str) -> None: ...
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_target(dest: Path) -> Iterator[Path]:
     """Yield a temp path beside `dest` and rename it onto `dest` only if the block finishes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_TMP_PREFIX)
     os.close(fd)
+    # mkstemp makes the file private; objects are data that other local readers (and tar) should see.
+    os.chmod(tmp, 0o644)
     try:
         yield Path(tmp)
         os.replace(tmp, dest)
@@ -201,13 +211,16 @@ class FilesystemObjectStore:
             for name in filenames:
                 full = Path(dirpath, name)
                 key = full.relative_to(root).as_posix()
-                if not name.startswith(_TMP_PREFIX) and key.startswith(loc.key) and full.is_file():
+                if name.startswith(_TMP_PREFIX) or not key.startswith(loc.key):
+                    continue
+                # A concurrent delete may remove the file between the walk and the stat.
+                with contextlib.suppress(FileNotFoundError):
                     found[key] = _file_info(full, loc.with_key(key).url, _relative(key, loc.key))
         return [found[key] for key in sorted(found)]
 
     def exists(self, url: str) -> bool:
-        loc = _object(url)
-        return (self._root(loc) / loc.key).is_file()
+        loc = parse_object_url(url)
+        return not _names_prefix(loc) and (self._root(loc) / loc.key).is_file()
 
     def delete(self, url: str) -> None:
         # Empty parent directories stay: pruning them would race a concurrent put into the same directory.
@@ -216,6 +229,8 @@ class FilesystemObjectStore:
 
 def _file_info(path: Path, url: str, key: str) -> ObjectInfo:
     st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise FileNotFoundError(path)
     return ObjectInfo(url, key, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}", st.st_mtime)
 
 
@@ -307,7 +322,9 @@ class S3ObjectStore:
     def exists(self, url: str) -> bool:
         from botocore.exceptions import ClientError
 
-        loc = self._s3(_object(url), url)
+        loc = self._s3(parse_object_url(url), url)
+        if _names_prefix(loc):
+            return False
 
         def head() -> bool:
             try:

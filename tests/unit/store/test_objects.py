@@ -62,6 +62,9 @@ def test_parse_accepted_forms(url: str, expected: ObjectUrl) -> None:
         "s3://models/../etc/passwd",
         "s3://models/a/./b",
         "s3://models/a/..",
+        "s3://models//etc/passwd",
+        "s3://models/a//b",
+        "file:////etc/passwd",
         "file://host/srv/x",
         "file:relative/x",
         "file:///srv/../etc/passwd",
@@ -144,6 +147,7 @@ def test_exists_and_idempotent_delete(store: FilesystemObjectStore) -> None:
 
     assert not store.exists("s3://models/k")
     assert not store.exists("s3://other-bucket/k")
+    assert not store.exists("s3://models/") and not store.exists("s3://models")
 
 
 def test_failed_write_keeps_the_old_object_and_leaves_no_temp_file(
@@ -212,6 +216,7 @@ def test_s3_not_found_codes_mean_missing(code: str) -> None:
         stub.add_client_error("head_object", service_error_code=code, http_status_code=404)
         stub.add_client_error("get_object", code, http_status_code=404, expected_params=params)
         assert not s3.exists("s3://models/k")
+        assert not s3.exists("s3://models/k/")
         with pytest.raises(ArtifactError, match="s3://models/k does not exist"):
             s3.stat("s3://models/k")
         with pytest.raises(ArtifactError, match="s3://models/k does not exist"):

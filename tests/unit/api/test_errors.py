@@ -1,0 +1,48 @@
+"""A row for every entry of the error table."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelhost import errors as e
+from modelhost.api.errors import CONTROL_PLANE, RUNTIME, lookup
+
+CONTROL = [
+    (e.ValidationError("x"), "ValidationException", 400),
+    (e.NotFound("endpoint", "x"), "ValidationException", 400),
+    (e.ArtifactError("x"), "ValidationException", 400),
+    (e.ResourceNotFound("x"), "ResourceNotFound", 400),
+    (e.ResourceInUse("x"), "ResourceInUse", 400),
+    (e.ResourceLimitExceeded("x"), "ResourceLimitExceeded", 400),
+    (e.UnsupportedOperation("x"), "NotImplemented", 501),
+    (e.InternalFailure("x"), "InternalFailure", 500),
+]
+RUN = [
+    (e.ValidationError("x"), "ValidationError", 400),
+    (e.ModelInvocationError("x", 500, "y", None), "ModelError", 424),
+    (e.ModelNotReady("x"), "ModelNotReadyException", 429),
+    (e.ServiceUnavailable("x"), "ServiceUnavailable", 503),
+    (e.UnsupportedOperation("x"), "NotImplemented", 501),
+    (e.InternalFailure("x"), "InternalFailure", 500),
+]
+
+
+@pytest.mark.parametrize(("exc", "code", "status"), CONTROL)
+def test_control_plane(exc: e.ModelhostError, code: str, status: int) -> None:
+    wire = lookup(CONTROL_PLANE, exc)
+    assert (wire.code, wire.status) == (code, status)
+
+
+@pytest.mark.parametrize(("exc", "code", "status"), RUN)
+def test_runtime(exc: e.ModelhostError, code: str, status: int) -> None:
+    wire = lookup(RUNTIME, exc)
+    assert (wire.code, wire.status) == (code, status)
+
+
+def test_every_table_entry_has_a_row() -> None:
+    assert {type(x) for x, _, _ in CONTROL} >= {cls for cls, _ in CONTROL_PLANE} - {e.ModelhostError}
+    assert {type(x) for x, _, _ in RUN} >= {cls for cls, _ in RUNTIME} - {e.ModelhostError}
+
+
+def test_unknown_exceptions_are_internal() -> None:
+    assert lookup(RUNTIME, RuntimeError("x")).code == "InternalFailure"
