@@ -65,38 +65,67 @@ def deploy() -> None:
         status = sm.describe_endpoint(EndpointName="iris")["EndpointStatus"]
         print(f"endpoint iris already exists ({status})")
     except ClientError:
-        sm.create_model(ModelName="iris", ExecutionRoleArn="arn:aws:iam::000000000000:role/any",
-                        PrimaryContainer={"Image": "sklearn", "ModelDataUrl": ARTIFACT})
-        sm.create_endpoint_config(EndpointConfigName="iris-cfg", ProductionVariants=[{
-            "VariantName": "AllTraffic", "ModelName": "iris", "InstanceType": "ml.m5.large",
-            "InitialInstanceCount": 2}])
+        sm.create_model(
+            ModelName="iris",
+            ExecutionRoleArn="arn:aws:iam::000000000000:role/any",
+            PrimaryContainer={"Image": "sklearn", "ModelDataUrl": ARTIFACT},
+        )
+        sm.create_endpoint_config(
+            EndpointConfigName="iris-cfg",
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": "iris",
+                    "InstanceType": "ml.m5.large",
+                    "InitialInstanceCount": 2,
+                }
+            ],
+        )
         sm.create_endpoint(EndpointName="iris", EndpointConfigName="iris-cfg")
-    sm.get_waiter("endpoint_in_service").wait(EndpointName="iris", WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName="iris", WaiterConfig={"Delay": 1, "MaxAttempts": 300}
+    )
 
 
 def main() -> int:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     build_artifact()
-    proc = subprocess.Popen([sys.executable, "-m", "modelhost", "serve", "--host", HOST, "--port", str(PORT),
-                             "--data-dir", str(DATA_DIR)])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelhost",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(PORT),
+            "--data-dir",
+            str(DATA_DIR),
+        ]
+    )
     try:
         wait_for_server(proc)
         deploy()
-        print(f"""
+        print(
+            f"""
 modelhost is serving on {URL} with the example endpoint `iris` (2 instances) InService.
 
   curl -s -X POST {URL}/endpoints/iris/invocations -H 'Content-Type: text/csv' --data '5.1,3.5,1.4,0.2'
 
   python - <<'PY'
   import boto3
-  kw = dict(endpoint_url="{URL}", region_name="us-east-1", aws_access_key_id="any", aws_secret_access_key="any")
-  rt = boto3.client("sagemaker-runtime", **kw)
-  print(rt.invoke_endpoint(EndpointName="iris", ContentType="text/csv", Body="5.1,3.5,1.4,0.2")["Body"].read())
+  rt = boto3.client("sagemaker-runtime", endpoint_url="{URL}", region_name="us-east-1",
+                    aws_access_key_id="any", aws_secret_access_key="any")
+  resp = rt.invoke_endpoint(EndpointName="iris", ContentType="text/csv", Body="5.1,3.5,1.4,0.2")
+  print(resp["Body"].read())
   PY
 
   .venv/bin/modelhost endpoints list        .venv/bin/modelhost logs iris --follow
 
-Press Ctrl-C to stop.""", flush=True)
+Press Ctrl-C to stop.""",
+            flush=True,
+        )
         return proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGTERM)

@@ -51,7 +51,11 @@ class ModelInvocationError(ModelhostError):
     """The model's container answered an invocation with an error (SageMaker's ModelError)."""
 
     def __init__(
-        self, message: str, original_status: int, original_message: str, log_stream_arn: str | None,
+        self,
+        message: str,
+        original_status: int,
+        original_message: str,
+        log_stream_arn: str | None,
         variant: str | None = None,
     ) -> None:
         super().__init__(message)

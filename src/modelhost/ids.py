@@ -22,4 +22,6 @@ def arn(region: str, account: str, kind: str, name: str) -> str:
 
 
 def log_stream_arn(region: str, account: str, endpoint: str, stream: str) -> str:
-    return f"arn:aws:logs:{region}:{account}:log-group:/aws/sagemaker/Endpoints/{endpoint}:log-stream:{stream}"
+    return (
+        f"arn:aws:logs:{region}:{account}:log-group:/aws/sagemaker/Endpoints/{endpoint}:log-stream:{stream}"
+    )

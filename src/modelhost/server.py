@@ -18,8 +18,8 @@ from modelhost.api.metrics import InvocationMetrics
 from modelhost.api.runtime import RuntimeApi
 from modelhost.api.sagemaker_json import SAGEMAKER_OPERATIONS, ControlPlaneApi, JsonService
 from modelhost.clock import SystemClock
-from modelhost.controlplane.context import ControlPlaneContext
 from modelhost.controller.fleet import Fleet
+from modelhost.controlplane.context import ControlPlaneContext
 from modelhost.instances.catalog import InstanceCatalog, Resources
 from modelhost.instances.local import LocalBackend
 from modelhost.instances.placement import HostCapacity
@@ -45,7 +45,9 @@ def detect_gpus() -> int:
 def host_capacity(settings: Settings) -> HostCapacity:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     gpus = settings.host_gpus if settings.host_gpus is not None else detect_gpus()
-    return HostCapacity(os.cpu_count() or 1, memory, gpus, settings.cpu_overcommit, settings.memory_overcommit)
+    return HostCapacity(
+        os.cpu_count() or 1, memory, gpus, settings.cpu_overcommit, settings.memory_overcommit
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -56,15 +58,31 @@ async def serve(settings: Settings) -> None:
     db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelhost-db")
     store = await loop.run_in_executor(db, MetadataStore.open, settings.resolved_database_url)
     objects = open_object_store(settings.data_dir, settings.s3_endpoint_url)
-    catalog = InstanceCatalog({
-        name: Resources(t.vcpus, t.memory_bytes, t.gpus) for name, t in settings.instance_types.items()
-    })
+    catalog = InstanceCatalog(
+        {name: Resources(t.vcpus, t.memory_bytes, t.gpus) for name, t in settings.instance_types.items()}
+    )
     table = RouteTable()
     backend = LocalBackend(settings.data_dir)
-    fleet = Fleet(settings=settings, store=store, objects=objects, backend=backend, catalog=catalog,
-                  table=table, clock=clock, db=db)
-    ctx = ControlPlaneContext(store=store, objects=objects, settings=settings, clock=clock, catalog=catalog,
-                              host=host_capacity(settings), live=fleet, wake_controller=fleet.wake)
+    fleet = Fleet(
+        settings=settings,
+        store=store,
+        objects=objects,
+        backend=backend,
+        catalog=catalog,
+        table=table,
+        clock=clock,
+        db=db,
+    )
+    ctx = ControlPlaneContext(
+        store=store,
+        objects=objects,
+        settings=settings,
+        clock=clock,
+        catalog=catalog,
+        host=host_capacity(settings),
+        live=fleet,
+        wake_controller=fleet.wake,
+    )
     metrics = InvocationMetrics()
     router = Router(table, settings.account_id, settings.max_concurrency_per_instance)
     app = App(
@@ -74,14 +92,25 @@ async def serve(settings: Settings) -> None:
         metrics,
     )
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="none", http="httptools", lifespan="off",
-        log_level="warning", access_log=False, timeout_keep_alive=75,
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=75,
     )
     server = uvicorn.Server(config)
     await fleet.start()
     try:
-        log.info("modelhost serving on http://%s:%d (data in %s)", settings.host, settings.port,
-                 settings.data_dir.resolve())
+        log.info(
+            "modelhost serving on http://%s:%d (data in %s)",
+            settings.host,
+            settings.port,
+            settings.data_dir.resolve(),
+        )
         await server.serve()
     finally:
         await fleet.close()

@@ -62,9 +62,7 @@ class Settings(BaseSettings):
     restart_backoff_max_s: float = Field(
         default=30.0, gt=0, description="longest pause between relaunches of a crashing instance"
     )
-    max_artifact_bytes: int = Field(
-        default=20 * 1024**3, gt=0, description="largest unpacked model artifact"
-    )
+    max_artifact_bytes: int = Field(default=20 * 1024**3, gt=0, description="largest unpacked model artifact")
     reconcile_interval_s: float = Field(default=1.0, gt=0, description="pause between reconciler passes")
 
     @property

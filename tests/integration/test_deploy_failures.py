@@ -14,8 +14,14 @@ def _deploy_and_fail(server: LiveServer, name: str, url: str) -> str:
     d = server.wait_status(name, "Failed", "InService", timeout_s=60)
     assert d["EndpointStatus"] == "Failed", d
     # No instance is left running for a failed endpoint.
-    wait_until(lambda: server.sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]
-               ["CurrentInstanceCount"] == 0, 30, "instances to stop")
+    wait_until(
+        lambda: (
+            server.sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]["CurrentInstanceCount"]
+            == 0
+        ),
+        30,
+        "instances to stop",
+    )
     return str(d["FailureReason"])
 
 
@@ -71,8 +77,14 @@ def test_failed_endpoint_can_be_deleted(server: LiveServer, name: str) -> None:
     _deploy_and_fail(server, name, url)
     before = worker_pids(server.data_dir)
     server.sm.delete_endpoint(EndpointName=name)
-    server.sm.get_waiter("endpoint_deleted").wait(EndpointName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
+    server.sm.get_waiter("endpoint_deleted").wait(
+        EndpointName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+    )
     assert worker_pids(server.data_dir) <= before
-    server.sm.create_endpoint_config(EndpointConfigName=name + "-x", ProductionVariants=[{
-        "VariantName": "v", "ModelName": name, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}])
+    server.sm.create_endpoint_config(
+        EndpointConfigName=name + "-x",
+        ProductionVariants=[
+            {"VariantName": "v", "ModelName": name, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
+        ],
+    )
     assert ROLE

@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from tests.fixtures.live_server import ROLE, LiveServer, wait_until, worker_pids
 from tests.fixtures.models import iris_model, write_artifact
 
@@ -50,6 +49,7 @@ def test_crashed_instance_is_replaced_while_others_serve(own_server: LiveServer,
     # The survivor keeps serving at once.
     for _ in range(20):
         assert server.rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=ROW)["Body"].read()
+
     def replaced() -> set[int] | None:
         pids = worker_pids(server.data_dir)
         return pids if len(pids) == 2 and victim not in pids else None
@@ -58,8 +58,14 @@ def test_crashed_instance_is_replaced_while_others_serve(own_server: LiveServer,
     assert victim not in after
     d = server.sm.describe_endpoint(EndpointName=name)
     assert d["EndpointStatus"] == "InService"
-    wait_until(lambda: server.sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]
-               ["CurrentInstanceCount"] == 2, 60, "two healthy instances")
+    wait_until(
+        lambda: (
+            server.sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]["CurrentInstanceCount"]
+            == 2
+        ),
+        60,
+        "two healthy instances",
+    )
 
 
 def test_hung_instance_is_detected_and_replaced(own_server: LiveServer, name: str) -> None:
@@ -69,9 +75,17 @@ def test_hung_instance_is_detected_and_replaced(own_server: LiveServer, name: st
     os.kill(pid, signal.SIGSTOP)  # a process that no longer answers anything
     try:
         new = wait_until(lambda: (p := worker_pids(server.data_dir) - {pid}) and p, 60, "a replacement")
-        wait_until(lambda: server.sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]
-                   ["CurrentInstanceCount"] == 1 and pid not in worker_pids(server.data_dir), 60,
-                   "the hung instance to be replaced")
+        wait_until(
+            lambda: (
+                server.sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0][
+                    "CurrentInstanceCount"
+                ]
+                == 1
+                and pid not in worker_pids(server.data_dir)
+            ),
+            60,
+            "the hung instance to be replaced",
+        )
         assert new
         resp = server.rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=ROW)
         assert resp["Body"].read() == b"[0]"
@@ -84,11 +98,22 @@ def test_update_under_load_fails_no_request(own_server: LiveServer, name: str) -
     server = own_server
     server.deploy(name, _iris(server, name), count=2)
     v2 = _iris(server, name + "-v2", code="def output_fn(prediction, accept):\n    return '\"v2\"'\n")
-    server.sm.create_model(ModelName=name + "-v2", ExecutionRoleArn=ROLE,
-                           PrimaryContainer={"Image": "sklearn", "ModelDataUrl": v2})
-    server.sm.create_endpoint_config(EndpointConfigName=name + "-v2", ProductionVariants=[{
-        "VariantName": "AllTraffic", "ModelName": name + "-v2", "InstanceType": "ml.m5.large",
-        "InitialInstanceCount": 2}])
+    server.sm.create_model(
+        ModelName=name + "-v2",
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={"Image": "sklearn", "ModelDataUrl": v2},
+    )
+    server.sm.create_endpoint_config(
+        EndpointConfigName=name + "-v2",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": name + "-v2",
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 2,
+            }
+        ],
+    )
     old = worker_pids(server.data_dir)
     stop, results = threading.Event(), Counter[str]()
     threads = [threading.Thread(target=_load, args=(server, name, stop, results)) for _ in range(4)]
@@ -111,35 +136,56 @@ def test_update_under_load_fails_no_request(own_server: LiveServer, name: str) -
     assert set(results) == {"ok"}, results
     d = server.sm.describe_endpoint(EndpointName=name)
     assert d["EndpointConfigName"] == name + "-v2" and "PendingDeploymentSummary" not in d
-    assert server.rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=ROW)["Body"].read() == b'"v2"'
+    assert (
+        server.rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=ROW)["Body"].read()
+        == b'"v2"'
+    )
 
 
 def test_failed_update_rolls_back_and_keeps_serving(own_server: LiveServer, name: str) -> None:
     server = own_server
     server.deploy(name, _iris(server, name), count=1)
     bad = _iris(server, name + "-bad", code="def model_fn(model_dir):\n    raise OSError('disk on fire')\n")
-    server.sm.create_model(ModelName=name + "-bad", ExecutionRoleArn=ROLE,
-                           PrimaryContainer={"Image": "sklearn", "ModelDataUrl": bad})
-    server.sm.create_endpoint_config(EndpointConfigName=name + "-bad", ProductionVariants=[{
-        "VariantName": "AllTraffic", "ModelName": name + "-bad", "InstanceType": "ml.m5.large",
-        "InitialInstanceCount": 1}])
+    server.sm.create_model(
+        ModelName=name + "-bad",
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={"Image": "sklearn", "ModelDataUrl": bad},
+    )
+    server.sm.create_endpoint_config(
+        EndpointConfigName=name + "-bad",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": name + "-bad",
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
     server.sm.update_endpoint(EndpointName=name, EndpointConfigName=name + "-bad")
     d = server.wait_status(name, "InService")
     assert d["EndpointConfigName"] == name + "-cfg"
     assert "disk on fire" in d["FailureReason"] and "rolled back" in d["FailureReason"]
-    assert server.rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=ROW)["Body"].read() == b"[0]"
+    assert (
+        server.rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=ROW)["Body"].read()
+        == b"[0]"
+    )
 
 
 def test_scale_out_and_in(own_server: LiveServer, name: str) -> None:
     server = own_server
     server.deploy(name, _iris(server, name), count=1)
-    server.sm.update_endpoint_weights_and_capacities(EndpointName=name, DesiredWeightsAndCapacities=[
-        {"VariantName": "AllTraffic", "DesiredInstanceCount": 3}])
+    server.sm.update_endpoint_weights_and_capacities(
+        EndpointName=name,
+        DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 3}],
+    )
     d = server.wait_in_service(name)
     assert d["ProductionVariants"][0]["CurrentInstanceCount"] == 3
     assert len(worker_pids(server.data_dir)) == 3
-    server.sm.update_endpoint_weights_and_capacities(EndpointName=name, DesiredWeightsAndCapacities=[
-        {"VariantName": "AllTraffic", "DesiredInstanceCount": 1}])
+    server.sm.update_endpoint_weights_and_capacities(
+        EndpointName=name,
+        DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 1}],
+    )
     server.wait_in_service(name)
     wait_until(lambda: len(worker_pids(server.data_dir)) == 1, 60, "scale-in to one instance")
 
@@ -154,8 +200,14 @@ def test_kill9_restart_serves_again_without_orphans(own_server: LiveServer, name
     wait_until(lambda: not (old & worker_pids(server.data_dir)), 30, "orphaned workers to exit")
     server.start()
     d = server.wait_in_service(name)
-    wait_until(lambda: server.sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]
-               ["CurrentInstanceCount"] == 2, 60, "both instances back")
+    wait_until(
+        lambda: (
+            server.sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]["CurrentInstanceCount"]
+            == 2
+        ),
+        60,
+        "both instances back",
+    )
     assert d["EndpointStatus"] == "InService"
     wait_until(lambda: _serves(server, name), 60, "predictions after restart")
     assert len(worker_pids(server.data_dir)) == 2
@@ -163,6 +215,8 @@ def test_kill9_restart_serves_again_without_orphans(own_server: LiveServer, name
 
 def _serves(server: LiveServer, name: str) -> bool:
     try:
-        return bool(server.rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=ROW)["Body"].read())
+        return bool(
+            server.rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=ROW)["Body"].read()
+        )
     except Exception:
         return False

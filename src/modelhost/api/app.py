@@ -36,13 +36,12 @@ class App:
         path: str = scope["path"]
         method: str = scope["method"]
         if method == "POST" and path.startswith("/endpoints/"):
-            name, _, action = path[len("/endpoints/"):].partition("/")
+            name, _, action = path[len("/endpoints/") :].partition("/")
             if action == "invocations":
                 await self._runtime.invoke(scope, receive, send, name)
                 return
             if action in _ASYNC_ONLY:
-                body = (b'{"message": "%s is not supported by modelhost yet."}'
-                        % _ASYNC_ONLY[action].encode())
+                body = b'{"message": "%s is not supported by modelhost yet."}' % _ASYNC_ONLY[action].encode()
                 await respond(send, 501, body, [*_JSON, (b"x-amzn-errortype", b"NotImplemented")])
                 return
         elif method == "POST" and path == "/":
@@ -55,6 +54,6 @@ class App:
             await respond(send, 200, self._metrics.exposition(), _PROMETHEUS)
             return
         elif method == "GET" and path.startswith("/modelhost/v1/endpoints/") and path.endswith("/logs"):
-            await self._logs(scope, receive, send, path[len("/modelhost/v1/endpoints/"):-len("/logs")])
+            await self._logs(scope, receive, send, path[len("/modelhost/v1/endpoints/") : -len("/logs")])
             return
         await respond(send, 404, f"No route for {method} {path}\n".encode(), _PLAIN)

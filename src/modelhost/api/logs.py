@@ -42,8 +42,13 @@ class LogsApi:
             stream = f"{path.parent.name}/{path.stem}"
             lines.extend(f"[{stream}] {line}" for line in data.decode("utf-8", "replace").splitlines())
         first = "\n".join(lines[-tail:] if tail > 0 else lines)
-        await send({"type": "http.response.body", "body": (first + "\n" if first else "").encode(),
-                    "more_body": follow})
+        await send(
+            {
+                "type": "http.response.body",
+                "body": (first + "\n" if first else "").encode(),
+                "more_body": follow,
+            }
+        )
         while follow:
             disconnect = asyncio.ensure_future(receive())
             done, _ = await asyncio.wait({disconnect}, timeout=_FOLLOW_INTERVAL_S)

@@ -10,14 +10,37 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
 _LATENCY_BUCKETS_US = (
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
 )
 _LABELS = ("EndpointName", "VariantName")
 
 
 class VariantMetrics:
-    __slots__ = ("errors_4xx", "errors_5xx", "invocations", "model_errors", "model_latency", "overhead_latency")
+    __slots__ = (
+        "errors_4xx",
+        "errors_5xx",
+        "invocations",
+        "model_errors",
+        "model_latency",
+        "overhead_latency",
+    )
 
     def __init__(self, m: InvocationMetrics, endpoint: str, variant: str) -> None:
         self.invocations = m.invocations.labels(endpoint, variant)
@@ -35,12 +58,23 @@ class InvocationMetrics:
         self.invocations = Counter("Invocations", "InvokeEndpoint requests", _LABELS, registry=r)
         self.errors_4xx = Counter("Invocation4XXErrors", "Requests answered with a 4xx", _LABELS, registry=r)
         self.errors_5xx = Counter("Invocation5XXErrors", "Requests answered with a 5xx", _LABELS, registry=r)
-        self.model_errors = Counter("InvocationModelErrors", "Requests the model answered with an error",
-                                    _LABELS, registry=r)
-        self.model_latency = Histogram("ModelLatency", "Time the instance took, microseconds", _LABELS,
-                                       buckets=_LATENCY_BUCKETS_US, registry=r)
-        self.overhead_latency = Histogram("OverheadLatency", "Time modelhost added, microseconds", _LABELS,
-                                          buckets=_LATENCY_BUCKETS_US, registry=r)
+        self.model_errors = Counter(
+            "InvocationModelErrors", "Requests the model answered with an error", _LABELS, registry=r
+        )
+        self.model_latency = Histogram(
+            "ModelLatency",
+            "Time the instance took, microseconds",
+            _LABELS,
+            buckets=_LATENCY_BUCKETS_US,
+            registry=r,
+        )
+        self.overhead_latency = Histogram(
+            "OverheadLatency",
+            "Time modelhost added, microseconds",
+            _LABELS,
+            buckets=_LATENCY_BUCKETS_US,
+            registry=r,
+        )
         self._children: dict[tuple[str, str], VariantMetrics] = {}
 
     def variant(self, endpoint: str, variant: str) -> VariantMetrics:

@@ -17,10 +17,16 @@ from modelhost.errors import ModelhostError, ModelInvocationError, ServiceUnavai
 from modelhost.router.invoke import InvokeRequest, Router
 
 _WANTED = {
-    b"content-type", b"accept", b"x-amzn-sagemaker-custom-attributes", b"x-amzn-sagemaker-target-variant",
-    b"x-amzn-sagemaker-inference-id", b"x-amzn-sagemaker-target-model",
-    b"x-amzn-sagemaker-target-container-hostname", b"x-amzn-sagemaker-inference-component",
-    b"x-amzn-sagemaker-session-id", b"x-amzn-sagemaker-enable-explanations",
+    b"content-type",
+    b"accept",
+    b"x-amzn-sagemaker-custom-attributes",
+    b"x-amzn-sagemaker-target-variant",
+    b"x-amzn-sagemaker-inference-id",
+    b"x-amzn-sagemaker-target-model",
+    b"x-amzn-sagemaker-target-container-hostname",
+    b"x-amzn-sagemaker-inference-component",
+    b"x-amzn-sagemaker-session-id",
+    b"x-amzn-sagemaker-enable-explanations",
 }
 # Members of InvokeEndpoint that belong to features modelhost does not have yet: refused by name, never
 # silently ignored.
@@ -59,7 +65,10 @@ class RuntimeApi:
                 ) from None
             tv = h.get(b"x-amzn-sagemaker-target-variant")
             req = InvokeRequest(
-                endpoint=endpoint, body=body, content_type=h.get(b"content-type"), accept=h.get(b"accept"),
+                endpoint=endpoint,
+                body=body,
+                content_type=h.get(b"content-type"),
+                accept=h.get(b"accept"),
                 custom_attributes=h.get(b"x-amzn-sagemaker-custom-attributes"),
                 target_variant=tv.decode("latin-1") if tv is not None else None,
                 inference_id=h.get(b"x-amzn-sagemaker-inference-id"),
@@ -75,7 +84,9 @@ class RuntimeApi:
             (b"x-amzn-invoked-production-variant", result.variant.encode("latin-1")),
         ]
         if result.custom_attributes is not None:
-            headers.append((b"x-amzn-sagemaker-custom-attributes", result.custom_attributes.encode("latin-1")))
+            headers.append(
+                (b"x-amzn-sagemaker-custom-attributes", result.custom_attributes.encode("latin-1"))
+            )
         await respond(send, 200, result.body, headers)
         m = self._metrics.variant(endpoint, variant)
         m.invocations.inc()

@@ -73,11 +73,19 @@ class ControlPlaneApi:
                 log.error("%s failed: %s", target, exc.message)
             status, out = wire.status, {"__type": wire.code, "message": exc.message}
         except BodyTooLarge:
-            status, out = 400, {"__type": "ValidationException",
-                                "message": f"Request body is larger than {_MAX_REQUEST_BYTES} bytes."}
+            status, out = (
+                400,
+                {
+                    "__type": "ValidationException",
+                    "message": f"Request body is larger than {_MAX_REQUEST_BYTES} bytes.",
+                },
+            )
         except Exception:
             log.exception("%s failed", target)
-            status, out = 500, {"__type": "InternalFailure", "message": "Internal failure; see the server log."}
+            status, out = (
+                500,
+                {"__type": "InternalFailure", "message": "Internal failure; see the server log."},
+            )
         await respond(send, status, orjson.dumps(out), _JSON)
 
     async def _dispatch(self, target: str, body: bytes) -> dict[str, Any]:

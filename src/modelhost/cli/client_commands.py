@@ -15,8 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 T = TypeVar("T")
-_STATUS_STYLE = {"InService": "green", "Failed": "red", "Creating": "yellow", "Updating": "yellow",
-                 "Deleting": "magenta"}
+_STATUS_STYLE = {
+    "InService": "green",
+    "Failed": "red",
+    "Creating": "yellow",
+    "Updating": "yellow",
+    "Deleting": "magenta",
+}
 
 
 class CliError(Exception):
@@ -28,7 +33,8 @@ def _client(url: str, service: str) -> Any:
     from botocore.config import Config
 
     return boto3.client(
-        service, endpoint_url=url,
+        service,
+        endpoint_url=url,
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "modelhost"),
         aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "modelhost"),
@@ -67,8 +73,12 @@ def endpoints_list(args: argparse.Namespace) -> int:
     for col in ("Name", "Status", "Created", "Last modified"):
         table.add_column(col)
     for e in items:
-        table.add_row(e["EndpointName"], _status(e["EndpointStatus"]), _when(e["CreationTime"]),
-                      _when(e["LastModifiedTime"]))
+        table.add_row(
+            e["EndpointName"],
+            _status(e["EndpointStatus"]),
+            _when(e["CreationTime"]),
+            _when(e["LastModifiedTime"]),
+        )
     Console().print(table if items else "No endpoints yet.")
     return 0
 
@@ -77,9 +87,12 @@ def endpoints_describe(args: argparse.Namespace) -> int:
     sm = _client(args.url, "sagemaker")
     d = _call(args.url, lambda: sm.describe_endpoint(EndpointName=args.name))
     console = Console()
-    console.print(f"[bold]{d['EndpointName']}[/]  {_status(d['EndpointStatus'])}  config {d['EndpointConfigName']}")
-    console.print(f"ARN {d['EndpointArn']}\ncreated {_when(d['CreationTime'])}, "
-                  f"modified {_when(d['LastModifiedTime'])}")
+    console.print(
+        f"[bold]{d['EndpointName']}[/]  {_status(d['EndpointStatus'])}  config {d['EndpointConfigName']}"
+    )
+    console.print(
+        f"ARN {d['EndpointArn']}\ncreated {_when(d['CreationTime'])}, modified {_when(d['LastModifiedTime'])}"
+    )
     if d.get("FailureReason"):
         console.print(f"[red]Failure reason:[/] {d['FailureReason']}", highlight=False)
     table = Table(title="Production variants")
@@ -87,8 +100,12 @@ def endpoints_describe(args: argparse.Namespace) -> int:
         table.add_column(col)
     for v in d.get("ProductionVariants", []):
         image = ", ".join(i["SpecifiedImage"] for i in v.get("DeployedImages", []))
-        table.add_row(v["VariantName"], image, f"{v.get('CurrentWeight', '-')}/{v.get('DesiredWeight', '-')}",
-                      f"{v.get('CurrentInstanceCount', '-')}/{v.get('DesiredInstanceCount', '-')}")
+        table.add_row(
+            v["VariantName"],
+            image,
+            f"{v.get('CurrentWeight', '-')}/{v.get('DesiredWeight', '-')}",
+            f"{v.get('CurrentInstanceCount', '-')}/{v.get('DesiredInstanceCount', '-')}",
+        )
     console.print(table)
     pending = d.get("PendingDeploymentSummary")
     if pending:
@@ -125,9 +142,10 @@ def invoke(args: argparse.Namespace) -> int:
 
 
 def logs(args: argparse.Namespace) -> int:
-    url = f"{args.url}/modelhost/v1/endpoints/{args.name}/logs?tail={args.tail}&follow={str(args.follow).lower()}"
+    query = f"tail={args.tail}&follow={str(args.follow).lower()}"
+    url = f"{args.url}/modelhost/v1/endpoints/{args.name}/logs?{query}"
     try:
-        with urllib.request.urlopen(url) as resp:  # noqa: S310 - the URL is the user's own server
+        with urllib.request.urlopen(url) as resp:
             while chunk := resp.read1(65536):
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()

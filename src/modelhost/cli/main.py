@@ -32,9 +32,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modelhost", description="Self-hosted model hosting with the SageMaker API.")
-    p.add_argument("--url", default=os.environ.get("MODELHOST_URL", DEFAULT_URL),
-                   help=f"server to talk to (default $MODELHOST_URL or {DEFAULT_URL})")
+    p = argparse.ArgumentParser(
+        prog="modelhost", description="Self-hosted model hosting with the SageMaker API."
+    )
+    p.add_argument(
+        "--url",
+        default=os.environ.get("MODELHOST_URL", DEFAULT_URL),
+        help=f"server to talk to (default $MODELHOST_URL or {DEFAULT_URL})",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server")

@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 
 from modelhost.clock import Clock
 from modelhost.controller.reconcile import (
-    InstanceState, Launch, Phase, Reap, Stop, TargetKey, plan, progress, targets,
+    InstanceState,
+    Launch,
+    Phase,
+    Reap,
+    Stop,
+    TargetKey,
+    plan,
+    progress,
+    targets,
 )
 from modelhost.domain.specs import DeploymentSpec, deployment_spec
 from modelhost.domain.status import EndpointStatus
@@ -52,8 +60,16 @@ class ManagedInstance:
 
 class Fleet:
     def __init__(
-        self, *, settings: Settings, store: MetadataStore, objects: ObjectStore, backend: LocalBackend,
-        catalog: InstanceCatalog, table: RouteTable, clock: Clock, db: Executor,
+        self,
+        *,
+        settings: Settings,
+        store: MetadataStore,
+        objects: ObjectStore,
+        backend: LocalBackend,
+        catalog: InstanceCatalog,
+        table: RouteTable,
+        clock: Clock,
+        db: Executor,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -83,8 +99,11 @@ class Fleet:
     def healthy_counts(self, endpoint: str, deployment_id: str) -> Mapping[str, int]:
         counts: dict[str, int] = {}
         for inst in list(self._instances.values()):
-            if inst.key.endpoint == endpoint and inst.key.deployment_id == deployment_id \
-                    and inst.phase == Phase.HEALTHY:
+            if (
+                inst.key.endpoint == endpoint
+                and inst.key.deployment_id == deployment_id
+                and inst.phase == Phase.HEALTHY
+            ):
                 counts[inst.key.variant] = counts.get(inst.key.variant, 0) + 1
         return counts
 
@@ -104,10 +123,13 @@ class Fleet:
         for inst in list(self._instances.values()):
             if inst.task:
                 inst.task.cancel()
-        await asyncio.gather(*self._side_tasks, *(i.task for i in self._instances.values() if i.task),
-                             return_exceptions=True)
-        await asyncio.gather(*(self._stop_process(i, drain=False) for i in list(self._instances.values())),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *self._side_tasks, *(i.task for i in self._instances.values() if i.task), return_exceptions=True
+        )
+        await asyncio.gather(
+            *(self._stop_process(i, drain=False) for i in list(self._instances.values())),
+            return_exceptions=True,
+        )
         self._backend.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -185,8 +207,13 @@ class Fleet:
         await self._run(self._store.save_endpoint, new)
         self._rows[row.name] = new
         if new.status != row.status or new.deployment["id"] != row.deployment["id"]:
-            log.info("endpoint %s: %s -> %s%s", row.name, row.status, new.status,
-                     f" ({new.failure_reason})" if new.failure_reason and new.status == "Failed" else "")
+            log.info(
+                "endpoint %s: %s -> %s%s",
+                row.name,
+                row.status,
+                new.status,
+                f" ({new.failure_reason})" if new.failure_reason and new.status == "Failed" else "",
+            )
 
     def _finish_delete(self, row: EndpointRow) -> None:
         self._store.delete_endpoint(row.name)
@@ -207,19 +234,30 @@ class Fleet:
             spec = self._deployment(row.deployment)
             by_variant: dict[str, list[InstanceHandle]] = {}
             for i in self._instances.values():
-                if i.key.endpoint == row.name and i.key.deployment_id == row.deployment["id"] \
-                        and i.phase == Phase.HEALTHY and i.handle is not None:
+                if (
+                    i.key.endpoint == row.name
+                    and i.key.deployment_id == row.deployment["id"]
+                    and i.phase == Phase.HEALTHY
+                    and i.handle is not None
+                ):
                     by_variant.setdefault(i.key.variant, []).append(i.handle)
             variants = tuple(
-                VariantRoute(v["VariantName"], float(v["DesiredWeight"]),
-                             tuple(sorted(by_variant.get(v["VariantName"], []), key=lambda h: h.id)))
+                VariantRoute(
+                    v["VariantName"],
+                    float(v["DesiredWeight"]),
+                    tuple(sorted(by_variant.get(v["VariantName"], []), key=lambda h: h.id)),
+                )
                 for v in row.variants
             )
             old = self._table.routes.get(row.name)
             timeout = spec.invocation_timeout_s or self._settings.invocation_timeout_s
             route = EndpointRoute(row.name, variants, timeout, starting=row.status == EndpointStatus.CREATING)
-            if old is None or old.variants != route.variants or old.timeout_s != route.timeout_s \
-                    or old.starting != route.starting:
+            if (
+                old is None
+                or old.variants != route.variants
+                or old.timeout_s != route.timeout_s
+                or old.starting != route.starting
+            ):
                 self._table.publish(route)
 
     # Instances.
@@ -256,8 +294,13 @@ class Fleet:
         await self._fetch(model_dir, container.model_data_url or "", container.compression)
         resources = self._catalog.resources(variant.instance_type)
         launch = LaunchSpec(
-            instance_id=inst.id, endpoint=row.name, variant=variant.name, runtime=container.runtime,
-            model_dir=model_dir, environment=container.environment, vcpus=resources.vcpus,
+            instance_id=inst.id,
+            endpoint=row.name,
+            variant=variant.name,
+            runtime=container.runtime,
+            model_dir=model_dir,
+            environment=container.environment,
+            vcpus=resources.vcpus,
             timeout_s=spec.invocation_timeout_s or self._settings.invocation_timeout_s,
         )
         inst.process = await self._backend.start(launch)
@@ -272,8 +315,11 @@ class Fleet:
                 if self._clock.monotonic() > deadline:
                     self._backend.kill_now(inst.process)
                     await client.close()
-                    self._exited(inst, f"The instance did not answer /ping as healthy within "
-                                 f"{self._settings.startup_timeout_s:g} s. {self._tail(inst)}")
+                    self._exited(
+                        inst,
+                        f"The instance did not answer /ping as healthy within "
+                        f"{self._settings.startup_timeout_s:g} s. {self._tail(inst)}",
+                    )
                     return
                 # Wake on whichever comes first: the process exiting, or the next probe.
                 done, _ = await asyncio.wait({exit_wait}, timeout=pause)
@@ -289,8 +335,12 @@ class Fleet:
         finally:
             exit_wait.cancel()
         stream = f"{variant.name}/{inst.id}"
-        inst.handle = InstanceHandle(inst.id, variant.name, client, log_stream_arn(
-            self._settings.region, self._settings.account_id, row.name, stream))
+        inst.handle = InstanceHandle(
+            inst.id,
+            variant.name,
+            client,
+            log_stream_arn(self._settings.region, self._settings.account_id, row.name, stream),
+        )
         inst.phase = Phase.HEALTHY
         inst.ever_healthy = True
         self._crashes.pop(inst.key, None)
@@ -302,15 +352,22 @@ class Fleet:
         return f"Last log lines:\n{tail}" if tail else ""
 
     async def _fetch(self, model_dir: Path, url: str, compression: str | None) -> None:
+        """Unpack a variant's artifact once; the instances of that variant share the directory."""
         lock = self._fetch_locks.setdefault(model_dir, asyncio.Lock())
         async with lock:
-            if model_dir.exists():
-                return
-            model_dir.parent.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(
-                fetch_model_data, self._objects, url, model_dir,
-                max_bytes=self._settings.max_artifact_bytes, compression=compression,
-            )
+            await asyncio.to_thread(self._fetch_blocking, model_dir, url, compression)
+
+    def _fetch_blocking(self, model_dir: Path, url: str, compression: str | None) -> None:
+        if model_dir.exists():
+            return
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        fetch_model_data(
+            self._objects,
+            url,
+            model_dir,
+            max_bytes=self._settings.max_artifact_bytes,
+            compression=compression,
+        )
 
     async def _ping(self, client: InstanceClient) -> bool:
         try:
@@ -327,8 +384,12 @@ class Fleet:
             while True:
                 done, _ = await asyncio.wait({exit_wait}, timeout=self._settings.health_check_interval_s)
                 if done:
-                    log.warning("instance %s exited with code %s; replacing it. %s", inst.id,
-                                inst.process.process.returncode, self._tail(inst))
+                    log.warning(
+                        "instance %s exited with code %s; replacing it. %s",
+                        inst.id,
+                        inst.process.process.returncode,
+                        self._tail(inst),
+                    )
                     self._exited(inst, None)
                     return
                 if await self._ping(inst.handle.client):

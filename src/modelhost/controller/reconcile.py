@@ -62,12 +62,18 @@ def targets(row: EndpointRow) -> dict[TargetKey, int]:
     """Desired instance counts of an endpoint: its deployed fleet, plus the new one while updating."""
     if row.status in (EndpointStatus.FAILED, EndpointStatus.DELETING):
         return {}
-    out = {TargetKey(row.name, row.deployment["id"], v["VariantName"]): int(v["DesiredInstanceCount"])
-           for v in row.variants}
+    out = {
+        TargetKey(row.name, row.deployment["id"], v["VariantName"]): int(v["DesiredInstanceCount"])
+        for v in row.variants
+    }
     if row.pending_deployment is not None and row.pending_variants is not None:
         dep = row.pending_deployment["id"]
-        out.update({TargetKey(row.name, dep, v["VariantName"]): int(v["DesiredInstanceCount"])
-                    for v in row.pending_variants})
+        out.update(
+            {
+                TargetKey(row.name, dep, v["VariantName"]): int(v["DesiredInstanceCount"])
+                for v in row.pending_variants
+            }
+        )
     return out
 
 
@@ -121,7 +127,9 @@ def progress(
     if row.status == EndpointStatus.CREATING:
         if current in failures:
             return dataclasses.replace(
-                row, status=EndpointStatus.FAILED, last_modified_time=now,
+                row,
+                status=EndpointStatus.FAILED,
+                last_modified_time=now,
                 failure_reason=f"An instance of variant(s) in endpoint config {row.config_name} failed to "
                 f"start: {failures[current]}",
             )
@@ -134,18 +142,28 @@ def progress(
         pending = row.pending_deployment["id"]
         if pending in failures:
             return dataclasses.replace(
-                row, status=EndpointStatus.IN_SERVICE, last_modified_time=now,
+                row,
+                status=EndpointStatus.IN_SERVICE,
+                last_modified_time=now,
                 failure_reason=f"Update to endpoint config {row.pending_config_name} failed and was rolled "
                 f"back; the endpoint still serves {row.config_name}. {failures[pending]}",
-                pending_config_name=None, pending_deployment=None, pending_variants=None,
+                pending_config_name=None,
+                pending_deployment=None,
+                pending_variants=None,
                 pending_start_time=None,
             )
         if all_healthy(row.pending_variants, healthy.get(pending, {})):
             return dataclasses.replace(
-                row, status=EndpointStatus.IN_SERVICE, last_modified_time=now,
-                config_name=row.pending_config_name or row.config_name, deployment=row.pending_deployment,
-                variants=row.pending_variants, pending_config_name=None, pending_deployment=None,
-                pending_variants=None, pending_start_time=None,
+                row,
+                status=EndpointStatus.IN_SERVICE,
+                last_modified_time=now,
+                config_name=row.pending_config_name or row.config_name,
+                deployment=row.pending_deployment,
+                variants=row.pending_variants,
+                pending_config_name=None,
+                pending_deployment=None,
+                pending_variants=None,
+                pending_start_time=None,
             )
         return None
     done = all(
@@ -153,4 +171,6 @@ def progress(
         and live_counts.get(v["VariantName"], 0) == int(v["DesiredInstanceCount"])
         for v in row.variants
     )
-    return dataclasses.replace(row, status=EndpointStatus.IN_SERVICE, last_modified_time=now) if done else None
+    return (
+        dataclasses.replace(row, status=EndpointStatus.IN_SERVICE, last_modified_time=now) if done else None
+    )

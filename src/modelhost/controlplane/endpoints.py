@@ -40,7 +40,9 @@ def initial_variants(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _demand(ctx: ControlPlaneContext, deployment: Mapping[str, Any], variants: Sequence[Mapping[str, Any]]) -> Resources:
+def _demand(
+    ctx: ControlPlaneContext, deployment: Mapping[str, Any], variants: Sequence[Mapping[str, Any]]
+) -> Resources:
     types = {v["VariantName"]: v["InstanceType"] for v in deployment["config"]["ProductionVariants"]}
     total = ZERO
     for v in variants:
@@ -73,7 +75,9 @@ def create_endpoint(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[st
     if ctx.store.get_endpoint(name) is not None:
         raise ValidationError(f'Cannot create already existing endpoint "{arn}".')
     if req.get("DeploymentConfig"):
-        raise ValidationError("DeploymentConfig is not supported by modelhost yet; remove it from the request.")
+        raise ValidationError(
+            "DeploymentConfig is not supported by modelhost yet; remove it from the request."
+        )
     deployment = snapshot(ctx, req["EndpointConfigName"])
     variants = initial_variants(deployment)
     admit(_demand(ctx, deployment, variants), placed(ctx), ctx.host, f"Endpoint {name}")
@@ -99,23 +103,32 @@ def create_endpoint(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[st
 
 
 def _variant_summaries(
-    ctx: ControlPlaneContext, row: EndpointRow, deployment: Mapping[str, Any],
-    variants: Sequence[Mapping[str, Any]], pending: bool,
+    ctx: ControlPlaneContext,
+    row: EndpointRow,
+    deployment: Mapping[str, Any],
+    variants: Sequence[Mapping[str, Any]],
+    pending: bool,
 ) -> list[dict[str, Any]]:
     healthy = ctx.live.healthy_counts(row.name, deployment["id"])
     images = {
-        v["VariantName"]: deployment["models"][v["ModelName"]] for v in deployment["config"]["ProductionVariants"]
+        v["VariantName"]: deployment["models"][v["ModelName"]]
+        for v in deployment["config"]["ProductionVariants"]
     }
     types = {v["VariantName"]: v["InstanceType"] for v in deployment["config"]["ProductionVariants"]}
     out = []
     for v in variants:
         model = images[v["VariantName"]]
-        containers = [model["PrimaryContainer"]] if model.get("PrimaryContainer") else model.get("Containers", [])
+        containers = (
+            [model["PrimaryContainer"]] if model.get("PrimaryContainer") else model.get("Containers", [])
+        )
         summary: dict[str, Any] = {
             "VariantName": v["VariantName"],
             "DeployedImages": [
-                {"SpecifiedImage": c.get("Image", ""), "ResolvedImage": c.get("Image", ""),
-                 "ResolutionTime": row.last_modified_time}
+                {
+                    "SpecifiedImage": c.get("Image", ""),
+                    "ResolvedImage": c.get("Image", ""),
+                    "ResolutionTime": row.last_modified_time,
+                }
                 for c in containers
             ],
             "DesiredWeight": v["DesiredWeight"],
@@ -125,7 +138,9 @@ def _variant_summaries(
         if pending:
             summary["InstanceType"] = types[v["VariantName"]]
             summary["CurrentInstanceCount"] = current
-            summary["VariantStatus"] = [{"Status": "Creating", "StartTime": row.pending_start_time or row.last_modified_time}]
+            summary["VariantStatus"] = [
+                {"Status": "Creating", "StartTime": row.pending_start_time or row.last_modified_time}
+            ]
         else:
             summary["CurrentInstanceCount"] = current
             summary["CurrentWeight"] = v["DesiredWeight"] if current else 0.0
@@ -169,8 +184,13 @@ def list_endpoints(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str
     )
     out: dict[str, Any] = {
         "Endpoints": [
-            {"EndpointName": r.name, "EndpointArn": r.arn, "CreationTime": r.creation_time,
-             "LastModifiedTime": r.last_modified_time, "EndpointStatus": r.status}
+            {
+                "EndpointName": r.name,
+                "EndpointArn": r.arn,
+                "CreationTime": r.creation_time,
+                "LastModifiedTime": r.last_modified_time,
+                "EndpointStatus": r.status,
+            }
             for r in rows
         ]
     }
@@ -190,7 +210,9 @@ def update_endpoint(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[st
     row = get_endpoint(ctx, req["EndpointName"])
     _require_in_service(row, "update")
     if req.get("DeploymentConfig"):
-        raise ValidationError("DeploymentConfig is not supported by modelhost yet; remove it from the request.")
+        raise ValidationError(
+            "DeploymentConfig is not supported by modelhost yet; remove it from the request."
+        )
     deployment = snapshot(ctx, req["EndpointConfigName"])
     variants = initial_variants(deployment)
     if req.get("RetainAllVariantProperties"):
@@ -207,11 +229,18 @@ def update_endpoint(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[st
     # Blue/green: the new fleet runs beside the old one until it is healthy, so both must fit.
     admit(_demand(ctx, deployment, variants), placed(ctx), ctx.host, f"Update of endpoint {row.name}")
     now = ctx.clock.now()
-    ctx.store.save_endpoint(dataclasses.replace(
-        row, status=EndpointStatus.UPDATING, failure_reason=None, last_modified_time=now,
-        pending_config_name=req["EndpointConfigName"], pending_deployment=deployment,
-        pending_variants=tuple(variants), pending_start_time=now,
-    ))
+    ctx.store.save_endpoint(
+        dataclasses.replace(
+            row,
+            status=EndpointStatus.UPDATING,
+            failure_reason=None,
+            last_modified_time=now,
+            pending_config_name=req["EndpointConfigName"],
+            pending_deployment=deployment,
+            pending_variants=tuple(variants),
+            pending_start_time=now,
+        )
+    )
     ctx.wake_controller()
     return {"EndpointArn": row.arn}
 
@@ -220,13 +249,17 @@ def update_weights_and_capacities(ctx: ControlPlaneContext, req: Mapping[str, An
     row = get_endpoint(ctx, req["EndpointName"])
     _require_in_service(row, "update")
     current = {v["VariantName"]: dict(v) for v in row.variants}
-    missing = [d["VariantName"] for d in req["DesiredWeightsAndCapacities"] if d["VariantName"] not in current]
+    missing = [
+        d["VariantName"] for d in req["DesiredWeightsAndCapacities"] if d["VariantName"] not in current
+    ]
     if missing:
         raise ValidationError(f'The variant name(s) {missing} are not present in endpoint "{row.name}".')
     for d in req["DesiredWeightsAndCapacities"]:
         v = current[d["VariantName"]]
         if d.get("ServerlessUpdateConfig"):
-            raise ValidationError(f"Variant {v['VariantName']} is not serverless; remove ServerlessUpdateConfig.")
+            raise ValidationError(
+                f"Variant {v['VariantName']} is not serverless; remove ServerlessUpdateConfig."
+            )
         if d.get("DesiredWeight") is not None:
             v["DesiredWeight"] = float(d["DesiredWeight"])
         if d.get("DesiredInstanceCount") is not None:
@@ -239,11 +272,20 @@ def update_weights_and_capacities(ctx: ControlPlaneContext, req: Mapping[str, An
     variants = [current[v["VariantName"]] for v in row.variants]
     if sum(v["DesiredWeight"] for v in variants) <= 0:
         raise ValidationError("At least one variant must keep a DesiredWeight above 0.")
-    admit(_demand(ctx, row.deployment, variants), placed(ctx, exclude=row.name), ctx.host,
-          f"Endpoint {row.name}")
-    ctx.store.save_endpoint(dataclasses.replace(
-        row, status=EndpointStatus.UPDATING, variants=tuple(variants), last_modified_time=ctx.clock.now(),
-    ))
+    admit(
+        _demand(ctx, row.deployment, variants),
+        placed(ctx, exclude=row.name),
+        ctx.host,
+        f"Endpoint {row.name}",
+    )
+    ctx.store.save_endpoint(
+        dataclasses.replace(
+            row,
+            status=EndpointStatus.UPDATING,
+            variants=tuple(variants),
+            last_modified_time=ctx.clock.now(),
+        )
+    )
     ctx.wake_controller()
     return {"EndpointArn": row.arn}
 
@@ -251,8 +293,8 @@ def update_weights_and_capacities(ctx: ControlPlaneContext, req: Mapping[str, An
 def delete_endpoint(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:
     row = get_endpoint(ctx, req["EndpointName"])
     if row.status != EndpointStatus.DELETING:
-        ctx.store.save_endpoint(dataclasses.replace(
-            row, status=EndpointStatus.DELETING, last_modified_time=ctx.clock.now()
-        ))
+        ctx.store.save_endpoint(
+            dataclasses.replace(row, status=EndpointStatus.DELETING, last_modified_time=ctx.clock.now())
+        )
     ctx.wake_controller()
     return {}

@@ -35,9 +35,13 @@ def decode_token(token: str | None) -> int:
     try:
         offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
     except (binascii.Error, ValueError, KeyError, TypeError):
-        raise ValidationError(f"Invalid pagination token {token[:64]!r}: pass a NextToken from a previous page.")
+        raise ValidationError(  # noqa: B904 - the decoding detail would only confuse the caller
+            f"Invalid pagination token {token[:64]!r}: pass a NextToken from a previous page."
+        )
     if not isinstance(offset, int) or offset < 0:
-        raise ValidationError(f"Invalid pagination token {token[:64]!r}: pass a NextToken from a previous page.")
+        raise ValidationError(
+            f"Invalid pagination token {token[:64]!r}: pass a NextToken from a previous page."
+        )
     return offset
 
 
@@ -54,7 +58,10 @@ def _keep(item: Listable, req: Mapping[str, Any]) -> bool:
 
 
 def page(
-    items: Sequence[T], describe: Callable[[T], Listable], req: Mapping[str, Any], default_sort: str = "CreationTime"
+    items: Sequence[T],
+    describe: Callable[[T], Listable],
+    req: Mapping[str, Any],
+    default_sort: str = "CreationTime",
 ) -> tuple[list[T], str | None]:
     """Filter, sort and cut one page from ``items`` as the request asks; returns the page and NextToken."""
     keyed = [(describe(i), i) for i in items]

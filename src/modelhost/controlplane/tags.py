@@ -27,7 +27,9 @@ def store_tags(ctx: ControlPlaneContext, arn: str, tags: Sequence[Mapping[str, s
 
 def _check_resource(ctx: ControlPlaneContext, arn: str) -> None:
     if not ctx.store.arn_exists(arn):
-        raise ValidationError(f"Resource {arn} does not exist. Pass the ARN a Create* or Describe* call returned.")
+        raise ValidationError(
+            f"Resource {arn} does not exist. Pass the ARN a Create* or Describe* call returned."
+        )
 
 
 def add_tags(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:

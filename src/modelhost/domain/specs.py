@@ -74,7 +74,11 @@ def container_spec(c: Mapping[str, Any], resolve_runtime: Any) -> ContainerSpec:
 
 
 def model_spec(request: Mapping[str, Any], resolve_runtime: Any) -> ModelSpec:
-    raw = [request["PrimaryContainer"]] if request.get("PrimaryContainer") else list(request.get("Containers") or [])
+    raw = (
+        [request["PrimaryContainer"]]
+        if request.get("PrimaryContainer")
+        else list(request.get("Containers") or [])
+    )
     mode = (request.get("InferenceExecutionConfig") or {}).get("Mode")
     return ModelSpec(
         name=request["ModelName"],
@@ -84,7 +88,7 @@ def model_spec(request: Mapping[str, Any], resolve_runtime: Any) -> ModelSpec:
 
 
 def deployment_spec(snapshot: Mapping[str, Any], resolve_runtime: Any) -> DeploymentSpec:
-    """Parse an endpoint's snapshot ``{"config": <CreateEndpointConfig request>, "models": {name: request}}``."""
+    """Parse an endpoint's snapshot: ``{"id", "config": <CreateEndpointConfig request>, "models": {...}}``."""
     config = snapshot["config"]
     models = {name: model_spec(req, resolve_runtime) for name, req in snapshot["models"].items()}
     variants = tuple(

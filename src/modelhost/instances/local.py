@@ -60,7 +60,9 @@ class LocalInstance:
 def thread_env(vcpus: float) -> dict[str, str]:
     """Native thread pools follow the instance's vCPUs, capped by the host's cores."""
     n = str(max(1, min(int(vcpus), os.cpu_count() or 1)))
-    return {k: n for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
+    return {
+        k: n for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    }
 
 
 class LocalBackend:
@@ -98,21 +100,41 @@ class LocalBackend:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path = str(self._socket_dir / f"{spec.instance_id}.sock")
         failure_file = inst_dir / "failure"
-        env = {**os.environ, **thread_env(spec.vcpus), **spec.environment, "SM_MODEL_DIR": str(spec.model_dir)}
+        env = {
+            **os.environ,
+            **thread_env(spec.vcpus),
+            **spec.environment,
+            "SM_MODEL_DIR": str(spec.model_dir),
+        }
         argv = [
-            sys.executable, "-m", WORKER_MODULE,
-            "--socket", socket_path,
-            "--model-dir", str(spec.model_dir),
-            "--runtime", spec.runtime,
-            "--vcpus", f"{spec.vcpus:g}",
-            "--timeout-s", f"{spec.timeout_s:g}",
-            "--failure-file", str(failure_file),
-            "--lifeline-fd", str(self._lifeline_r),
+            sys.executable,
+            "-m",
+            WORKER_MODULE,
+            "--socket",
+            socket_path,
+            "--model-dir",
+            str(spec.model_dir),
+            "--runtime",
+            spec.runtime,
+            "--vcpus",
+            f"{spec.vcpus:g}",
+            "--timeout-s",
+            f"{spec.timeout_s:g}",
+            "--failure-file",
+            str(failure_file),
+            "--lifeline-fd",
+            str(self._lifeline_r),
         ]
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                pass_fds=(self._lifeline_r,), start_new_session=True, cwd=str(inst_dir),
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                pass_fds=(self._lifeline_r,),
+                start_new_session=True,
+                cwd=str(inst_dir),
             )
         pid_file = inst_dir / "pid"
         pid_file.write_text(str(process.pid))

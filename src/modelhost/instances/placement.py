@@ -39,7 +39,8 @@ def admit(asked: Resources, placed: Resources, host: HostCapacity, what: str) ->
     raise ResourceLimitExceeded(
         f"{what} asks for {_fmt(asked)}, but this host has {_fmt(free)} free to place "
         f"({host.cores} cores x {host.cpu_overcommit:g} CPU overcommit, "
-        f"{host.memory_bytes / GIB:.1f} GiB x {host.memory_overcommit:g} memory overcommit, {host.gpus} GPUs). "
+        f"{host.memory_bytes / GIB:.1f} GiB x {host.memory_overcommit:g} memory overcommit, "
+        f"{host.gpus} GPUs). "
         f"Use fewer or smaller instances, delete an endpoint, or raise MODELHOST_CPU_OVERCOMMIT / "
         f"MODELHOST_MEMORY_OVERCOMMIT."
     )

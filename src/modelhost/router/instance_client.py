@@ -295,17 +295,18 @@ class InstanceClient:
         while idle:
             conn = idle.pop()
             if conn.closed:
-                continue  # its EOF arrived, but connection_lost, which drops it from the pool, has not run yet
+                continue  # its EOF came, but connection_lost, which drops it from the pool, has not run yet
             try:
                 return await self._exchange(loop, conn, data, deadline, method, path, timeout_s)
             except InstanceUnreachable:
                 if conn.received:
                     raise
-                # The pooled connection died before answering: almost always the peer closed it while it
-                # sat idle and its FIN crossed our request on the wire, so one retry on a fresh connection is
-                # safe. The worker may also have taken the request and died before writing a byte; then it is
-                # gone and the fresh connect fails too. A fresh connection that fails is never retried: the
-                # instance is down or crashed on this very request, and a second try could run it twice.
+                # The pooled connection died before a response byte: almost always the peer closed it while
+                # it sat idle and the close crossed our request on the wire, so the request was never read and
+                # one retry on a fresh connection is safe. (Should the worker instead have read it and died
+                # before answering, it is gone: the fresh connect fails, or reaches a replacement that never
+                # saw the request.) A fresh connection that fails is not retried: nothing explains it but the
+                # instance being down or crashing on this very request, which a second try could run twice.
                 break
         conn = await self._connect(loop, deadline, timeout_s)
         return await self._exchange(loop, conn, data, deadline, method, path, timeout_s)

@@ -62,7 +62,9 @@ class Router:
                     f"{[v.name for v in route.variants]}."
                 )
             if not variant.instances:
-                raise ModelNotReady(f"Variant {variant.name} of endpoint {req.endpoint} has no instance ready yet.")
+                raise ModelNotReady(
+                    f"Variant {variant.name} of endpoint {req.endpoint} has no instance ready yet."
+                )
         else:
             chosen = choose_variant(route, self._random())
             if chosen is None:
@@ -97,13 +99,16 @@ class Router:
             resp = await handle.client.request("POST", "/invocations", headers, req.body, timeout_s)
         except InstanceTimeout:
             raise self._model_error(
-                handle, 0,
+                handle,
+                0,
                 f"The model did not answer within {timeout_s:g} s, the endpoint's invocation timeout. Make "
                 "it faster, or raise SAGEMAKER_MODEL_SERVER_TIMEOUT in the model's Environment.",
             ) from None
         except InstanceUnreachable as exc:
             raise self._model_error(
-                handle, 0, f"Instance {handle.id} closed the connection before answering ({exc}); its "
+                handle,
+                0,
+                f"Instance {handle.id} closed the connection before answering ({exc}); its "
                 "process may have exited while handling the request.",
             ) from None
         finally:

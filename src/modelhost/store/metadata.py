@@ -186,7 +186,9 @@ class MetadataStore:
     def list_tags(self, arn: str) -> list[tuple[str, str]]:
         t = tables.tags
         with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.key, t.c.value).where(t.c.resource_arn == arn).order_by(t.c.key))
+            rows = conn.execute(
+                sa.select(t.c.key, t.c.value).where(t.c.resource_arn == arn).order_by(t.c.key)
+            )
             return [(r.key, r.value) for r in rows]
 
     def count_tags(self, arn: str) -> int:

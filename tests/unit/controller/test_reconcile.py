@@ -3,7 +3,15 @@ from __future__ import annotations
 from typing import Any
 
 from modelhost.controller.reconcile import (
-    InstanceState, Launch, Phase, Reap, Stop, TargetKey, plan, progress, targets,
+    InstanceState,
+    Launch,
+    Phase,
+    Reap,
+    Stop,
+    TargetKey,
+    plan,
+    progress,
+    targets,
 )
 from modelhost.store.metadata import EndpointRow
 
@@ -18,10 +26,18 @@ def inst(id: str, key: TargetKey = A, phase: Phase = Phase.HEALTHY, at: float = 
 def row(status: str = "Creating", counts: dict[str, int] | None = None, **kw: Any) -> EndpointRow:
     counts = counts or {"A": 2}
     return EndpointRow(
-        name="ep", arn="arn", config_name="c1", status=status, failure_reason=None, creation_time=0.0,
+        name="ep",
+        arn="arn",
+        config_name="c1",
+        status=status,
+        failure_reason=None,
+        creation_time=0.0,
         last_modified_time=0.0,
-        variants=tuple({"VariantName": v, "DesiredWeight": 1.0, "DesiredInstanceCount": n} for v, n in counts.items()),
-        deployment={"id": "d1"}, **kw,
+        variants=tuple(
+            {"VariantName": v, "DesiredWeight": 1.0, "DesiredInstanceCount": n} for v, n in counts.items()
+        ),
+        deployment={"id": "d1"},
+        **kw,
     )
 
 
@@ -57,8 +73,11 @@ def test_stopping_instances_are_left_alone() -> None:
 
 
 def test_targets_include_pending_fleet_and_none_when_failed_or_deleting() -> None:
-    r = row("Updating", pending_deployment={"id": "d2"},
-            pending_variants=({"VariantName": "A", "DesiredWeight": 1.0, "DesiredInstanceCount": 1},))
+    r = row(
+        "Updating",
+        pending_deployment={"id": "d2"},
+        pending_variants=({"VariantName": "A", "DesiredWeight": 1.0, "DesiredInstanceCount": 1},),
+    )
     assert targets(r) == {A: 2, TargetKey("ep", "d2", "A"): 1}
     assert targets(row("Failed")) == {}
     assert targets(row("Deleting")) == {}
@@ -82,7 +101,12 @@ def test_update_promotes_the_pending_fleet_when_healthy() -> None:
     assert progress(r, {"d1": {"A": 2}}, {}, {}, 1.0) is None
     new = progress(r, {"d1": {"A": 2}, "d2": {"A": 1}}, {}, {}, 1.0)
     assert new is not None
-    assert (new.status, new.config_name, new.deployment, new.variants) == ("InService", "c2", {"id": "d2"}, pending)
+    assert (new.status, new.config_name, new.deployment, new.variants) == (
+        "InService",
+        "c2",
+        {"id": "d2"},
+        pending,
+    )
     assert new.pending_deployment is None and new.pending_config_name is None
 
 

@@ -29,12 +29,17 @@ def test_walks_all_pages() -> None:
 
 
 def test_filters() -> None:
-    got, _ = page(ITEMS, lambda x: x, {"NameContains": "M2", "MaxResults": 100, "SortBy": "Name",
-                                       "SortOrder": "Ascending"})
+    got, _ = page(
+        ITEMS,
+        lambda x: x,
+        {"NameContains": "M2", "MaxResults": 100, "SortBy": "Name", "SortOrder": "Ascending"},
+    )
     assert names(got) == ["m2", "m20", "m21", "m22", "m23", "m24"]
     got, _ = page(ITEMS, lambda x: x, {"CreationTimeAfter": 20, "CreationTimeBefore": 23, "MaxResults": 100})
     assert names(got) == ["m22", "m21"]
-    got, _ = page(ITEMS, lambda x: x, {"StatusEquals": "Failed", "LastModifiedTimeAfter": 5, "MaxResults": 100})
+    got, _ = page(
+        ITEMS, lambda x: x, {"StatusEquals": "Failed", "LastModifiedTimeAfter": 5, "MaxResults": 100}
+    )
     assert names(got) == ["m4", "m2", "m0"]
 
 

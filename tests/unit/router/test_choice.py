@@ -12,8 +12,11 @@ def handle(id: str, outstanding: int = 0) -> InstanceHandle:
 
 
 def route(*variants: tuple[str, float, int]) -> EndpointRoute:
-    return EndpointRoute("ep", tuple(
-        VariantRoute(n, w, tuple(handle(f"{n}{i}") for i in range(k))) for n, w, k in variants), 60.0)
+    return EndpointRoute(
+        "ep",
+        tuple(VariantRoute(n, w, tuple(handle(f"{n}{i}") for i in range(k))) for n, w, k in variants),
+        60.0,
+    )
 
 
 def test_variant_by_weight() -> None:
