@@ -88,6 +88,8 @@ def deploy() -> None:
 
 
 def main() -> int:
+    # SIGTERM (a supervisor, `timeout`) must stop the server too: turn it into SystemExit so `finally` runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     build_artifact()
     proc = subprocess.Popen(

@@ -8,7 +8,7 @@ from typing import Protocol
 
 class Clock(Protocol):
     def now(self) -> float:
-        """Wall-clock seconds since the epoch (timestamps shown to users)."""
+        """Wall-clock seconds since the epoch, to the millisecond (timestamps shown to users)."""
         ...
 
     def monotonic(self) -> float:
@@ -18,7 +18,9 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> float:
-        return time.time()
+        # SageMaker's timestamps, and botocore's serializer, stop at milliseconds: a CreationTime a client
+        # sends back as a filter bound must compare equal to the stored one.
+        return round(time.time(), 3)
 
     def monotonic(self) -> float:
         return time.monotonic()
