@@ -12,8 +12,12 @@ from tests.fixtures.models import iris_model, write_artifact
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = LiveServer(tmp_path_factory.mktemp("cli") / "data").start()
     url = "s3://models/iris/model.tar.gz"
-    write_artifact(srv.bucket_path(url), iris_model(), code="def predict_fn(data, model):\n"
-                   "    print('predicting', len(data), 'rows', flush=True)\n    return model.predict(data)\n")
+    write_artifact(
+        srv.bucket_path(url),
+        iris_model(),
+        code="def predict_fn(data, model):\n"
+        "    print('predicting', len(data), 'rows', flush=True)\n    return model.predict(data)\n",
+    )
     srv.deploy("iris", url, count=2)
     yield srv
     srv.stop()

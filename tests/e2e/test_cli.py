@@ -9,9 +9,13 @@ from tests.fixtures.live_server import LiveServer, free_port
 
 
 def cli(server_url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelhost", "--url", server_url, *args],
-                          capture_output=True, text=True, timeout=timeout, env={"COLUMNS": "200",
-                                                                                 "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "modelhost", "--url", server_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_endpoints_list_and_describe(deployed: LiveServer) -> None:
@@ -45,8 +49,11 @@ def test_logs_show_each_instance_stream(deployed: LiveServer) -> None:
 
 
 def test_logs_follow_streams_new_lines(deployed: LiveServer) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "modelhost", "--url", deployed.url, "logs", "iris", "-f",
-                             "--tail", "0"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelhost", "--url", deployed.url, "logs", "iris", "-f", "--tail", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(3):
             cli(deployed.url, "invoke", "iris", "--content-type", "text/csv", "--body", "1,2,3,4\n5,6,7,8")

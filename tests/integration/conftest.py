@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.fixtures.live_server import LiveServer, wait_until, worker_pids
 from tests.fixtures.models import iris_model, write_artifact
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ParamValidationError
+
 from tests.fixtures.live_server import ROLE, LiveServer
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
+
 from tests.fixtures.live_server import ROLE, LiveServer, wait_until, worker_pids
 from tests.fixtures.models import iris_model, iris_rows
 

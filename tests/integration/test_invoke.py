@@ -9,6 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
+
 from tests.fixtures.live_server import ROLE, LiveServer
 from tests.fixtures.models import iris_model, iris_rows, write_artifact
 

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from tests.fixtures.live_server import ROLE, LiveServer, wait_until, worker_pids
 from tests.fixtures.models import iris_model, write_artifact
 

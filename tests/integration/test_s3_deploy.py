@@ -36,7 +36,9 @@ def test_archive_from_s3(s3: SeaweedS3, s3_server: LiveServer, tmp_path: Path) -
     tar = write_artifact(tmp_path / "model.tar.gz", iris_model())
     s3.client().upload_file(str(tar), "models", "iris/model.tar.gz")
     s3_server.deploy("s3-archive", "s3://models/iris/model.tar.gz")
-    resp = s3_server.rt.invoke_endpoint(EndpointName="s3-archive", ContentType="text/csv", Body="5.1,3.5,1.4,0.2")
+    resp = s3_server.rt.invoke_endpoint(
+        EndpointName="s3-archive", ContentType="text/csv", Body="5.1,3.5,1.4,0.2"
+    )
     assert json.loads(resp["Body"].read()) == [0]
     # Nothing landed in the local bucket directory: the S3 API served it.
     assert not (s3_server.data_dir / "buckets").exists()
@@ -46,24 +48,51 @@ def test_uncompressed_prefix_from_s3(s3: SeaweedS3, s3_server: LiveServer) -> No
     buf = io.BytesIO()
     joblib.dump(iris_model(), buf)
     s3.client().put_object(Bucket="models", Key="iris-prefix/model.joblib", Body=buf.getvalue())
-    s3.client().put_object(Bucket="models", Key="iris-prefix/code/inference.py",
-                           Body=b"def output_fn(prediction, accept):\n    return 'class=%d' % prediction[0]\n")
+    s3.client().put_object(
+        Bucket="models",
+        Key="iris-prefix/code/inference.py",
+        Body=b"def output_fn(prediction, accept):\n    return 'class=%d' % prediction[0]\n",
+    )
     sm = s3_server.sm
-    sm.create_model(ModelName="s3-prefix", ExecutionRoleArn=ROLE, PrimaryContainer={
-        "Image": "sklearn", "ModelDataSource": {"S3DataSource": {
-            "S3Uri": "s3://models/iris-prefix/", "S3DataType": "S3Prefix", "CompressionType": "None"}}})
-    sm.create_endpoint_config(EndpointConfigName="s3-prefix", ProductionVariants=[{
-        "VariantName": "AllTraffic", "ModelName": "s3-prefix", "InstanceType": "ml.m5.large",
-        "InitialInstanceCount": 1}])
+    sm.create_model(
+        ModelName="s3-prefix",
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={
+            "Image": "sklearn",
+            "ModelDataSource": {
+                "S3DataSource": {
+                    "S3Uri": "s3://models/iris-prefix/",
+                    "S3DataType": "S3Prefix",
+                    "CompressionType": "None",
+                }
+            },
+        },
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName="s3-prefix",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": "s3-prefix",
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
     sm.create_endpoint(EndpointName="s3-prefix", EndpointConfigName="s3-prefix")
     s3_server.wait_in_service("s3-prefix")
-    resp = s3_server.rt.invoke_endpoint(EndpointName="s3-prefix", ContentType="text/csv", Body="6.7,3.0,5.2,2.3")
+    resp = s3_server.rt.invoke_endpoint(
+        EndpointName="s3-prefix", ContentType="text/csv", Body="6.7,3.0,5.2,2.3"
+    )
     assert resp["Body"].read() == b"class=2"
 
 
 def test_missing_s3_object_is_refused_at_create_model(s3_server: LiveServer) -> None:
     with pytest.raises(ClientError) as err:
-        s3_server.sm.create_model(ModelName="s3-missing", ExecutionRoleArn=ROLE, PrimaryContainer={
-            "Image": "sklearn", "ModelDataUrl": "s3://models/absent/model.tar.gz"})
+        s3_server.sm.create_model(
+            ModelName="s3-missing",
+            ExecutionRoleArn=ROLE,
+            PrimaryContainer={"Image": "sklearn", "ModelDataUrl": "s3://models/absent/model.tar.gz"},
+        )
     assert err.value.response["Error"]["Code"] == "ValidationException"
     assert "s3://models/absent/model.tar.gz" in err.value.response["Error"]["Message"]

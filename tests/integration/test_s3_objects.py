@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fixtures.seaweed import SeaweedS3, running_seaweed, weed_binary
 
 from modelhost.errors import ArtifactError
 from modelhost.instances.artifacts import fetch_model_data
 from modelhost.store.objects import ObjectStore, open_object_store
+from tests.fixtures.seaweed import SeaweedS3, running_seaweed, weed_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 BUCKET = "models"

@@ -34,10 +34,14 @@ _repr.maxlevel = 2
 
 def validate_request(operation: OperationModel, params: object) -> None:
     """Raise ValidationError naming every violated constraint (SageMaker's wording) of ``params``."""
+    validate_shape(operation.input_shape, params)
+
+
+def validate_shape(shape: Shape | None, params: object) -> None:
+    """Check ``params`` against a structure shape; tests also use it on our responses' output shapes."""
     if not isinstance(params, dict):
         raise ValidationError("Request body must be a JSON object")
     violations = _Violations()
-    shape: Shape | None = operation.input_shape
     if shape is None:
         for name in params:
             violations.add(f"Unknown member '{_clip(str(name))}' (this operation takes no input)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,9 +15,10 @@ from typing import cast
 
 import httptools
 
-# Up to this size the body is copied into the same buffer as the head: one send and one segment beat a copy.
-# Past it the copy costs more than the extra iovec, so head and body go out together through writelines.
-_JOIN_BODY_MAX_BYTES = 64 * 1024
+# Up to this size the body is copied behind the head so that one send carries both. A bigger body is written
+# on its own: one more send costs less than copying it, and writelines would copy it too on stock asyncio.
+_JOIN_BODY_MAX_BYTES = 16 * 1024
+_CLOCK_SLACK_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,11 @@ class InstanceUnreachable(Exception):
     """Could not connect to the instance, or the connection died before a full response arrived."""
 
 
+class InstanceNotConnected(InstanceUnreachable):
+    """No connection could be made (or the client is closed): the request never reached the instance, so
+    sending it elsewhere is safe."""
+
+
 class InstanceTimeout(Exception):
     """The instance gave no full response within the deadline."""
 
@@ -45,16 +52,19 @@ class _Connection(asyncio.Protocol):
         "_headers",
         "_headers_complete",
         "_idle",
-        "_keep_alive",
         "_lost",
         "_lost_waiter",
         "_parser",
         "_status",
         "_waiter",
         "closed",
+        "deadline",
+        "keep_alive",
         "received",
         "transport",
     )
+
+    transport: asyncio.Transport  # set by connection_made, before the client sees the connection
 
     def __init__(self, idle: list[_Connection], address: str) -> None:
         self._idle = idle
@@ -67,40 +77,38 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._headers_complete = False
-        self._keep_alive = False
-        self.transport: asyncio.Transport | None = None
+        self.keep_alive = False
         self.closed = False
+        self.deadline = math.inf  # of the request in flight, on the loop's clock
         # Whether any byte of the current response arrived: past that point a request is never retried.
         self.received = False
 
     # -- driven by the client --------------------------------------------------------------------------
 
-    def send(self, waiter: asyncio.Future[InstanceResponse], data: bytes | list[bytes]) -> None:
+    def send(self, waiter: asyncio.Future[InstanceResponse], data: bytes, tail: bytes) -> None:
         # The waiter is set before writing: a failed write may report connection_lost at once.
         self._waiter = waiter
         self.received = False
-        transport = cast(asyncio.Transport, self.transport)
-        if isinstance(data, bytes):
-            transport.write(data)
-        else:
-            transport.writelines(data)
+        self._headers_complete = False  # else a loss before the first byte would look like an EOF-ended body
+        self.transport.write(data)
+        if tail:
+            self.transport.write(tail)
 
-    @property
-    def reusable(self) -> bool:
-        return self._keep_alive and not self.closed
+    def time_out(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(InstanceTimeout())
 
     def close(self) -> None:
         """Close after a complete response (nothing left to read)."""
         self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        self.transport.close()
 
     def abort(self) -> None:
         """Drop the connection at once: its stream may hold part of a response nobody will read."""
         self.closed = True
         self._waiter = None
-        if self.transport is not None:
-            self.transport.abort()
+        self.transport.abort()
 
     async def wait_lost(self) -> None:
         if self._lost:
@@ -181,7 +189,7 @@ class _Connection(asyncio.Protocol):
         parser = self._parser
         self._status = parser.get_status_code()
         # Asked here, while llhttp's flags still describe this message (it resets them after completion).
-        self._keep_alive = parser.should_keep_alive()
+        self.keep_alive = parser.should_keep_alive()
         self._headers_complete = True
 
     def on_body(self, body: bytes) -> None:
@@ -202,26 +210,32 @@ class _UnsolicitedResponse(Exception):
     pass
 
 
-def _expire(
-    waiter: asyncio.Future[InstanceResponse], address: str, method: str, path: str, timeout_s: float
-) -> None:
-    if not waiter.done():
-        waiter.set_exception(
-            InstanceTimeout(
-                f"instance at {address} gave no full response to {method} {path} in {timeout_s} s"
-            )
-        )
-
-
 class InstanceClient:
     """One per instance: a bounded pool of keep-alive HTTP/1.1 connections to one address.
 
     There is no cap on connections in use (the router does admission control); at most
     ``max_idle_connections`` idle ones are kept, and the most recently used is reused first, so that a burst's
-    extra connections age out at the bottom of the stack and the warm ones stay warm.
+    extra connections age out at the bottom of the stack and the warm ones stay warm. A client belongs to the
+    event loop that runs its first request, as its connections do.
+
+    Deadlines share one timer per client, armed for the earliest deadline that may be pending: a timer per
+    request costs microseconds to create and cancel (uvloop allocates a libuv timer for each), while with the
+    usual uniform timeout the shared one fires about once per timeout and finds the next deadline by a scan.
     """
 
-    __slots__ = ("_address", "_closed", "_host_line", "_idle", "_max_idle", "_tcp_address", "_unix_path")
+    __slots__ = (
+        "_address",
+        "_busy",
+        "_closed",
+        "_host_line",
+        "_idle",
+        "_loop",
+        "_max_idle",
+        "_tcp_address",
+        "_timer",
+        "_timer_at",
+        "_unix_path",
+    )
 
     def __init__(
         self,
@@ -245,8 +259,12 @@ class InstanceClient:
             self._host_line = f"host: {authority}\r\n".encode("ascii")
         else:
             raise ValueError("give either unix_path, or host and port")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[_Connection] = []
         self._max_idle = max_idle_connections
+        self._busy: set[_Connection] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._closed = False
 
     @property
@@ -270,11 +288,14 @@ class InstanceClient:
         InstanceTimeout; HTTP error statuses are responses, not exceptions.
         """
         if self._closed:
-            raise InstanceUnreachable(f"the client for the instance at {self._address} is closed")
+            raise InstanceNotConnected(f"the client for the instance at {self._address} is closed")
         if method == "HEAD":
             # httptools cannot be told that a HEAD response has no body; the contract has no HEAD.
             raise ValueError("HEAD is not supported")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Kept, not looked up per request: on Python 3.11 get_running_loop makes a getpid system call.
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         parts = [
             f"{method} {path} HTTP/1.1\r\n".encode("latin-1"),
@@ -284,12 +305,12 @@ class InstanceClient:
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
-        data: bytes | list[bytes]
+        tail = b""
         if len(body) <= _JOIN_BODY_MAX_BYTES:
             parts.append(body)
-            data = b"".join(parts)
         else:
-            data = [b"".join(parts), body]
+            tail = body
+        data = b"".join(parts)
 
         idle = self._idle
         while idle:
@@ -297,7 +318,7 @@ class InstanceClient:
             if conn.closed:
                 continue  # its EOF came, but connection_lost, which drops it from the pool, has not run yet
             try:
-                return await self._exchange(loop, conn, data, deadline, method, path, timeout_s)
+                return await self._exchange(loop, conn, data, tail, deadline, method, path, timeout_s)
             except InstanceUnreachable:
                 if conn.received:
                     raise
@@ -309,34 +330,63 @@ class InstanceClient:
                 # instance being down or crashing on this very request, which a second try could run twice.
                 break
         conn = await self._connect(loop, deadline, timeout_s)
-        return await self._exchange(loop, conn, data, deadline, method, path, timeout_s)
+        return await self._exchange(loop, conn, data, tail, deadline, method, path, timeout_s)
 
     async def _exchange(
         self,
         loop: asyncio.AbstractEventLoop,
         conn: _Connection,
-        data: bytes | list[bytes],
+        data: bytes,
+        tail: bytes,
         deadline: float,
         method: str,
         path: str,
         timeout_s: float,
     ) -> InstanceResponse:
         waiter: asyncio.Future[InstanceResponse] = loop.create_future()
-        timer = loop.call_at(deadline, _expire, waiter, self._address, method, path, timeout_s)
+        conn.deadline = deadline
+        busy = self._busy
+        busy.add(conn)
+        if deadline < self._timer_at:
+            self._arm(loop, deadline)
         try:
-            conn.send(waiter, data)
+            conn.send(waiter, data, tail)
             response = await waiter
+        except InstanceTimeout:
+            conn.abort()
+            raise InstanceTimeout(
+                f"instance at {self._address} gave no full response to {method} {path} in {timeout_s} s"
+            ) from None
         except BaseException:
-            # Timed out, failed or cancelled: part of a response may still come, so the stream is unusable.
+            # Failed or cancelled: part of a response may still come, so the stream is unusable.
             conn.abort()
             raise
         finally:
-            timer.cancel()
-        if conn.reusable and not self._closed and len(self._idle) < self._max_idle:
+            busy.discard(conn)
+        if conn.keep_alive and not conn.closed and not self._closed and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
             conn.close()
         return response
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._expire, loop)
+        self._timer_at = when
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._timer_at = next_at = math.inf
+        # uvloop's clock ticks in milliseconds and may fire a timer up to a tick early.
+        now = loop.time() + _CLOCK_SLACK_S
+        for conn in self._busy:
+            if conn.deadline <= now:
+                conn.time_out()
+            elif conn.deadline < next_at:
+                next_at = conn.deadline
+        if next_at < math.inf:
+            self._arm(loop, next_at)
 
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, deadline: float, timeout_s: float
@@ -363,7 +413,7 @@ class InstanceClient:
                 raise InstanceTimeout(
                     f"could not connect to the instance at {address} in {timeout_s} s"
                 ) from None
-            raise InstanceUnreachable(f"could not connect to the instance at {address}: {exc}") from exc
+            raise InstanceNotConnected(f"could not connect to the instance at {address}: {exc}") from exc
         return conn
 
     async def close(self) -> None:
@@ -372,6 +422,9 @@ class InstanceClient:
         Requests in flight finish, and their connections are closed instead of pooled.
         """
         self._closed = True
+        if not self._busy and self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
         idle = self._idle
         conns = idle[:]
         idle.clear()

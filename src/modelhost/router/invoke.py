@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from modelhost.errors import ModelInvocationError, ModelNotReady, ServiceUnavailable, ValidationError
 from modelhost.router.choice import choose_instance, choose_variant
-from modelhost.router.instance_client import InstanceTimeout, InstanceUnreachable
+from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
 from modelhost.router.table import InstanceHandle, RouteTable
 
 _CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
@@ -50,7 +50,7 @@ class Router:
         route = self._table.routes.get(endpoint)
         return route.variants[0].name if route and route.variants else None
 
-    def _pick(self, req: InvokeRequest) -> tuple[InstanceHandle, float]:
+    def _pick(self, req: InvokeRequest, avoid: InstanceHandle | None = None) -> tuple[InstanceHandle, float]:
         route = self._table.routes.get(req.endpoint)
         if route is None:
             raise ValidationError(f"Endpoint {req.endpoint} of account {self._account} not found.")
@@ -74,7 +74,10 @@ class Router:
                 )
             variant = chosen
         self._rotor += 1
-        handle = choose_instance(variant.instances, self._max_outstanding, self._rotor)
+        instances = variant.instances
+        if avoid is not None:
+            instances = tuple(h for h in instances if h is not avoid)
+        handle = choose_instance(instances, self._max_outstanding, self._rotor)
         if handle is None:
             raise ServiceUnavailable(
                 f"Every instance of variant {variant.name} of endpoint {req.endpoint} is at its limit of "
@@ -84,6 +87,22 @@ class Router:
 
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
         handle, timeout_s = self._pick(req)
+        try:
+            return await self._send(req, handle, timeout_s)
+        except InstanceNotConnected:
+            # The instance died (or is being replaced) before it got the request: the controller will take
+            # it out of the table within a moment, and this request goes to another instance now.
+            pass
+        try:
+            other, timeout_s = self._pick(req, avoid=handle)
+            return await self._send(req, other, timeout_s)
+        except (ServiceUnavailable, InstanceNotConnected):
+            raise ServiceUnavailable(
+                f"No instance of endpoint {req.endpoint} accepted the request (instance {handle.id} is not "
+                "accepting connections; it is being replaced). Retry shortly."
+            ) from None
+
+    async def _send(self, req: InvokeRequest, handle: InstanceHandle, timeout_s: float) -> InvokeResult:
         headers: list[tuple[bytes, bytes]] = []
         if req.content_type is not None:
             headers.append((b"content-type", req.content_type))
@@ -104,6 +123,8 @@ class Router:
                 f"The model did not answer within {timeout_s:g} s, the endpoint's invocation timeout. Make "
                 "it faster, or raise SAGEMAKER_MODEL_SERVER_TIMEOUT in the model's Environment.",
             ) from None
+        except InstanceNotConnected:
+            raise
         except InstanceUnreachable as exc:
             raise self._model_error(
                 handle,

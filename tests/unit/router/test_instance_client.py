@@ -346,6 +346,30 @@ def test_unsolicited_bytes_drop_the_connection(run: Run[None], sock_path: str) -
     run(main())
 
 
+def test_bytes_on_an_idle_connection_drop_it(run: Run[None], sock_path: str) -> None:
+    chatter = asyncio.Event()
+
+    async def handler(req: Request, conn: Conn) -> bool:
+        await echo(req, conn)
+        if req.index_on_connection == 1:
+            await conn.writer.drain()
+            await chatter.wait()
+            conn.writer.write(b"HTTP/1.1 200 OK\r\n")
+        return True
+
+    async def main() -> None:
+        async with unix_server(sock_path, handler) as server, client_for(sock_path) as client:
+            await client.request("GET", "/a")
+            assert client.idle_connections == 1
+            chatter.set()
+            await server.wait_for(lambda: server.disconnected == 1)
+            assert client.idle_connections == 0
+            assert (await client.request("GET", "/b")).status == 200
+            assert server.accepted == 2
+
+    run(main())
+
+
 # -- stale connections and the one retry ---------------------------------------------------------------------
 
 
@@ -377,6 +401,27 @@ def test_reused_connection_dropped_before_any_response_byte_is_retried_once(
             assert (await client.request("POST", "/invocations", body=b"2")).body == b"2"
             assert server.accepted == 2
             assert [r.body for r in server.requests] == [b"1", b"2", b"2"]
+
+    run(main())
+
+
+def test_loss_after_a_bodiless_response_is_not_mistaken_for_the_next_response(
+    run: Run[None], sock_path: str
+) -> None:
+    async def handler(req: Request, conn: Conn) -> bool:
+        if req.path == "/empty":
+            conn.writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # no framing header, and keep-alive
+            return True
+        if req.index_on_connection == 2:
+            return False
+        return await echo(req, conn)
+
+    async def main() -> None:
+        async with unix_server(sock_path, handler) as server, client_for(sock_path) as client:
+            assert (await client.request("DELETE", "/empty")).status == 204
+            got = await client.request("POST", "/invocations", body=b"x")
+            assert (got.status, got.body) == (200, b"x")
+            assert server.accepted == 2
 
     run(main())
 
@@ -472,6 +517,36 @@ def test_slow_response_times_out_and_its_connection_is_closed_not_retried(
             assert client.idle_connections == 0
             assert (await client.request("GET", "/fast")).status == 200
             assert server.accepted == 2
+
+    run(main())
+
+
+def test_deadlines_of_overlapping_requests_are_kept_apart(run: Run[None], sock_path: str) -> None:
+    # One timer serves all requests: a shorter deadline must pull it in, a longer one must be found again.
+    released = asyncio.Event()
+
+    async def handler(req: Request, conn: Conn) -> bool:
+        if req.path == "/held":
+            await released.wait()
+        return await hang_on_slow(req, conn)
+
+    async def timed_out_after(client: InstanceClient, timeout_s: float) -> float:
+        started = time.monotonic()
+        with pytest.raises(InstanceTimeout):
+            await client.request("GET", "/slow", timeout_s=timeout_s)
+        return time.monotonic() - started
+
+    async def main() -> None:
+        async with unix_server(sock_path, handler) as server, client_for(sock_path) as client:
+            held = asyncio.create_task(client.request("GET", "/held", timeout_s=WAIT_S))
+            await server.wait_for(lambda: len(server.requests) == 1)
+            assert 0.045 <= await timed_out_after(client, 0.05) < 1.0  # earlier than the held request's
+            assert 0.045 <= await timed_out_after(client, 0.1) < 1.0
+            released.set()
+            assert (await held).status == 200
+            # A deadline armed for a request that already finished gives way to the later one still pending.
+            await client.request("GET", "/fast", timeout_s=0.05)
+            assert 0.145 <= await timed_out_after(client, 0.15) < 1.0
 
     run(main())
 
@@ -573,7 +648,7 @@ def test_invalid_response_is_unreachable(run: Run[None], sock_path: str) -> None
 def test_bad_arguments_are_rejected() -> None:
     for kwargs in ({}, {"unix_path": "/x", "host": "h", "port": 1}, {"host": "h"}, {"port": 1}):
         with pytest.raises(ValueError, match="unix_path"):
-            InstanceClient(**kwargs)  # type: ignore[arg-type]
+            InstanceClient(**kwargs)
     with pytest.raises(ValueError, match="max_idle_connections"):
         InstanceClient(unix_path="/x", max_idle_connections=-1)
 
