@@ -1,8 +1,8 @@
 """The benchmark's model: the peer harness's seeded LogisticRegression on 20 features, and its sample rows.
 
-Imported by the benchmark and by the floor server. Loads ``train()`` from ``../shared/bench/peers/common/model.py``
-when the checkout has it beside, so every number is comparable with the peer table; otherwise an equivalent
-local copy (same seeds, same data, same estimator) builds the identical model.
+Imported by the benchmark and by the floor server. Loads ``train()`` from the peer harness
+(``../shared/bench/peers/common/model.py``) when the checkout has it beside, so every number is comparable
+with the peer table; otherwise a local copy (same seeds, data and estimator) builds the identical model.
 """
 
 from __future__ import annotations

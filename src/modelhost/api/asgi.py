@@ -37,6 +37,8 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 
 
 async def respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    # An explicit length keeps the server from falling back to chunked encoding.
+    headers = [*headers, (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
