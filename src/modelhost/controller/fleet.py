@@ -163,11 +163,15 @@ class Fleet:
         rows = await self._run(self._store.list_endpoints)
         self._rows = {r.name: r for r in rows}
         now = self._clock.now()
-        # 1. Move statuses on, so that a finished update is routed before its old fleet is stopped.
-        for row in rows:
-            await self._advance(row, now)
-        # 2. Routes.
+        # 1. Move statuses on. The routing table takes the new state before the store does: a client that
+        # sees InService must find the instances routable, and a finished update must route to the new
+        # fleet before step 3 stops the old one.
+        changed = [new for row in rows if (new := self._advance(row, now)) is not None]
         self._publish_routes()
+        for new in changed:
+            if not await self._run(self._store.save_endpoint, new):
+                # An API call changed the endpoint since this pass read it; the next pass starts from that.
+                self._wake.set()
         # 3. Instances.
         wanted: dict[TargetKey, int] = {}
         for row in self._rows.values():
@@ -190,7 +194,7 @@ class Fleet:
                 self._table.remove(row.name)
                 self._forget_failures(row)
 
-    async def _advance(self, row: EndpointRow, now: float) -> None:
+    def _advance(self, row: EndpointRow, now: float) -> EndpointRow | None:
         healthy: dict[str, dict[str, int]] = {}
         live: dict[str, int] = {}
         for i in self._instances.values():
@@ -203,8 +207,7 @@ class Fleet:
                 live[i.key.variant] = live.get(i.key.variant, 0) + 1
         new = progress(row, healthy, self._failures, live, now)
         if new is None:
-            return
-        await self._run(self._store.save_endpoint, new)
+            return None
         self._rows[row.name] = new
         if new.status != row.status or new.deployment["id"] != row.deployment["id"]:
             log.info(
@@ -214,6 +217,7 @@ class Fleet:
                 new.status,
                 f" ({new.failure_reason})" if new.failure_reason and new.status == "Failed" else "",
             )
+        return new
 
     def _finish_delete(self, row: EndpointRow) -> None:
         self._store.delete_endpoint(row.name)

@@ -14,7 +14,7 @@ from modelhost.controlplane.listing import Listable, page
 from modelhost.controlplane.models import get_model
 from modelhost.controlplane.tags import store_tags
 from modelhost.domain.status import EndpointStatus
-from modelhost.errors import ValidationError
+from modelhost.errors import ResourceInUse, ValidationError
 from modelhost.instances.catalog import ZERO, Resources
 from modelhost.instances.placement import admit
 from modelhost.store.metadata import AlreadyExists, EndpointRow
@@ -199,6 +199,11 @@ def list_endpoints(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str
     return out
 
 
+def _save(ctx: ControlPlaneContext, row: EndpointRow) -> None:
+    if not ctx.store.save_endpoint(row):
+        raise ResourceInUse(f'Endpoint "{row.arn}" changed while this request ran; retry the request.')
+
+
 def _require_in_service(row: EndpointRow, verb: str) -> None:
     if row.status != EndpointStatus.IN_SERVICE:
         raise ValidationError(
@@ -229,7 +234,8 @@ def update_endpoint(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[st
     # Blue/green: the new fleet runs beside the old one until it is healthy, so both must fit.
     admit(_demand(ctx, deployment, variants), placed(ctx), ctx.host, f"Update of endpoint {row.name}")
     now = ctx.clock.now()
-    ctx.store.save_endpoint(
+    _save(
+        ctx,
         dataclasses.replace(
             row,
             status=EndpointStatus.UPDATING,
@@ -239,7 +245,7 @@ def update_endpoint(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[st
             pending_deployment=deployment,
             pending_variants=tuple(variants),
             pending_start_time=now,
-        )
+        ),
     )
     ctx.wake_controller()
     return {"EndpointArn": row.arn}
@@ -278,13 +284,14 @@ def update_weights_and_capacities(ctx: ControlPlaneContext, req: Mapping[str, An
         ctx.host,
         f"Endpoint {row.name}",
     )
-    ctx.store.save_endpoint(
+    _save(
+        ctx,
         dataclasses.replace(
             row,
             status=EndpointStatus.UPDATING,
             variants=tuple(variants),
             last_modified_time=ctx.clock.now(),
-        )
+        ),
     )
     ctx.wake_controller()
     return {"EndpointArn": row.arn}
@@ -293,8 +300,8 @@ def update_weights_and_capacities(ctx: ControlPlaneContext, req: Mapping[str, An
 def delete_endpoint(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:
     row = get_endpoint(ctx, req["EndpointName"])
     if row.status != EndpointStatus.DELETING:
-        ctx.store.save_endpoint(
-            dataclasses.replace(row, status=EndpointStatus.DELETING, last_modified_time=ctx.clock.now())
+        _save(
+            ctx, dataclasses.replace(row, status=EndpointStatus.DELETING, last_modified_time=ctx.clock.now())
         )
     ctx.wake_controller()
     return {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import select
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ import httptools
 # on its own: one more send costs less than copying it, and writelines would copy it too on stock asyncio.
 _JOIN_BODY_MAX_BYTES = 16 * 1024
 _CLOCK_SLACK_S = 0.001
+
+
+# Readable (an idle connection has nothing to read: data there is an EOF or garbage), hung up, or in error.
+_PEER_GONE_EVENTS = select.POLLIN | getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,7 @@ class _Connection(asyncio.Protocol):
         "_lost",
         "_lost_waiter",
         "_parser",
+        "_poll",
         "_status",
         "_waiter",
         "closed",
@@ -72,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[InstanceResponse] | None = None
         self._lost = False
+        self._poll: select.poll | None = None
         self._lost_waiter: asyncio.Future[None] | None = None
         self._status = 0
         self._headers: dict[str, str] = {}
@@ -121,6 +128,20 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), _PEER_GONE_EVENTS)
+
+    def peer_gone(self) -> bool:
+        """Whether the peer hung up (or sent something unasked) while this connection sat idle.
+
+        Asked with a zero-timeout poll before reusing a pooled connection: a worker that died a moment ago
+        has closed its end in the kernel, but the loop may not have run connection_lost yet. Sending on such a
+        connection would leave it unknown whether the request was read; skipping it keeps that certain.
+        """
+        poll = self._poll
+        return poll is not None and bool(poll.poll(0))
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:
@@ -157,6 +178,14 @@ class _Connection(asyncio.Protocol):
         if self._headers_complete and "content-length" not in headers and "transfer-encoding" not in headers:
             # No framing header: the body runs until the server closes the connection (RFC 9112 6.3).
             waiter.set_result(InstanceResponse(self._status, headers, b"".join(self._body)))
+            return
+        if not self.received and isinstance(exc, ConnectionResetError):
+            # A unix socket closed with unread data resets its peer; a worker that had read the request and
+            # then died would have closed with an empty queue (a plain EOF). So a reset before any response
+            # byte means the request was never read: it is safe to send it elsewhere.
+            waiter.set_exception(
+                InstanceNotConnected(f"instance at {self._address} reset the connection without reading")
+            )
             return
         where = "in the middle of the response" if self.received else "before any response byte"
         waiter.set_exception(
@@ -317,8 +346,13 @@ class InstanceClient:
             conn = idle.pop()
             if conn.closed:
                 continue  # its EOF came, but connection_lost, which drops it from the pool, has not run yet
+            if conn.peer_gone():
+                conn.abort()
+                continue
             try:
                 return await self._exchange(loop, conn, data, tail, deadline, method, path, timeout_s)
+            except InstanceNotConnected:
+                break  # never read: a fresh connection (or the caller) may send it again
             except InstanceUnreachable:
                 if conn.received:
                     raise
@@ -328,7 +362,13 @@ class InstanceClient:
                 # before answering, it is gone: the fresh connect fails, or reaches a replacement that never
                 # saw the request.) A fresh connection that fails is not retried: nothing explains it but the
                 # instance being down or crashing on this very request, which a second try could run twice.
-                break
+                try:
+                    conn = await self._connect(loop, deadline, timeout_s)
+                except InstanceNotConnected as exc:
+                    # The request went out on the stale connection and may have been read: delivery is
+                    # unknown, so it must not look like "never sent" to a caller that would resend it.
+                    raise InstanceUnreachable(str(exc)) from exc
+                return await self._exchange(loop, conn, data, tail, deadline, method, path, timeout_s)
         conn = await self._connect(loop, deadline, timeout_s)
         return await self._exchange(loop, conn, data, tail, deadline, method, path, timeout_s)
 

@@ -44,6 +44,7 @@ class EndpointRow:
     pending_variants: tuple[Mapping[str, Any], ...] | None = None
     pending_start_time: float | None = None
     deployment_config: Mapping[str, Any] | None = None
+    revision: int = 0
 
 
 class AlreadyExists(Exception):
@@ -92,6 +93,7 @@ def _endpoint_from(row: sa.Row[Any]) -> EndpointRow:
         pending_variants=tuple(m["pending_variants"]) if m["pending_variants"] is not None else None,
         pending_start_time=m["pending_start_time"],
         deployment_config=m["deployment_config"],
+        revision=m["revision"],
     )
 
 
@@ -157,10 +159,14 @@ class MetadataStore:
         with self._engine.connect() as conn:
             return [_endpoint_from(r) for r in conn.execute(sa.select(tables.endpoints))]
 
-    def save_endpoint(self, row: EndpointRow) -> None:
+    def save_endpoint(self, row: EndpointRow) -> bool:
+        """Write ``row`` unless the endpoint was saved since ``row.revision`` was read (then False)."""
         t = tables.endpoints
+        values = _endpoint_values(row)
+        values["revision"] = row.revision + 1
+        q = sa.update(t).where(t.c.name == row.name, t.c.revision == row.revision).values(values)
         with self._engine.begin() as conn:
-            conn.execute(sa.update(t).where(t.c.name == row.name).values(_endpoint_values(row)))
+            return conn.execute(q).rowcount > 0
 
     def delete_endpoint(self, name: str) -> bool:
         t = tables.endpoints

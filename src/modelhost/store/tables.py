@@ -43,6 +43,8 @@ endpoints = sa.Table(
     sa.Column("pending_variants", sa.JSON, nullable=True),
     sa.Column("pending_start_time", sa.Float, nullable=True),
     sa.Column("deployment_config", sa.JSON, nullable=True),
+    # Bumped by every save; a save that does not find the revision it read loses (optimistic locking).
+    sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
 )
 
 tags = sa.Table(

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -704,3 +705,77 @@ def test_uvicorn_round_trips_with_chunked_responses(run: Run[None], sock_path: s
             await serving
 
     run(main())
+
+
+def test_failed_retry_after_a_stale_connection_is_not_reported_as_never_sent(tmp_path: Path) -> None:
+    """The worker read the request on a pooled connection and died: the retry's connect fails, and the
+    error must not say the request never left (the router would send it to another instance)."""
+    from modelhost.router.instance_client import InstanceNotConnected
+
+    sock = str(tmp_path / "dies.sock")
+
+    async def main() -> None:
+        requests = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal requests
+            while await reader.readuntil(b"\r\n\r\n"):
+                requests += 1
+                if requests == 2:
+                    server.close()
+                    writer.transport.abort()  # read the request, then die without a byte of answer
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+
+        server = await asyncio.start_unix_server(handle, sock)
+        client = InstanceClient(unix_path=sock)
+        assert (await client.request("POST", "/invocations")).body == b"ok"
+        os.unlink(sock)
+        with pytest.raises(InstanceUnreachable) as err:
+            await client.request("POST", "/invocations")
+        assert not isinstance(err.value, InstanceNotConnected)
+        await client.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True])
+def test_a_request_the_instance_never_read_is_reported_as_not_sent(tmp_path: Path, use_uvloop: bool) -> None:
+    """A worker that dies with our request unread in its socket resets the connection: safe to resend."""
+    import threading
+
+    from modelhost.router.instance_client import InstanceNotConnected
+
+    path = str(tmp_path / "unread.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    queued = threading.Event()
+
+    def accept_and_die_unread() -> None:
+        conn, _ = listener.accept()
+        queued.wait(5)
+        conn.close()  # the request is still in the receive queue: the kernel resets the peer
+
+    thread = threading.Thread(target=accept_and_die_unread)
+    thread.start()
+
+    async def main() -> None:
+        client = InstanceClient(unix_path=path)
+        task = asyncio.ensure_future(client.request("POST", "/invocations", body=b"x" * 100))
+        await asyncio.sleep(0.05)
+        queued.set()
+        with pytest.raises(InstanceNotConnected):
+            await task
+        await client.close()
+
+    try:
+        if use_uvloop:
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    finally:
+        queued.set()
+        thread.join()
+        listener.close()
