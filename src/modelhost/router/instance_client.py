@@ -179,14 +179,9 @@ class _Connection(asyncio.Protocol):
             # No framing header: the body runs until the server closes the connection (RFC 9112 6.3).
             waiter.set_result(InstanceResponse(self._status, headers, b"".join(self._body)))
             return
-        if not self.received and isinstance(exc, ConnectionResetError):
-            # A unix socket closed with unread data resets its peer; a worker that had read the request and
-            # then died would have closed with an empty queue (a plain EOF). So a reset before any response
-            # byte means the request was never read: it is safe to send it elsewhere.
-            waiter.set_exception(
-                InstanceNotConnected(f"instance at {self._address} reset the connection without reading")
-            )
-            return
+        # A reset before any response byte does not prove the request went unread (a worker that read it on
+        # a reused connection and died has been seen to reset too), so it is reported like any other loss:
+        # resending a request that may have crashed one instance could crash the next.
         where = "in the middle of the response" if self.received else "before any response byte"
         waiter.set_exception(
             InstanceUnreachable(f"instance at {self._address} closed the connection {where}")
@@ -351,8 +346,6 @@ class InstanceClient:
                 continue
             try:
                 return await self._exchange(loop, conn, data, tail, deadline, method, path, timeout_s)
-            except InstanceNotConnected:
-                break  # never read: a fresh connection (or the caller) may send it again
             except InstanceUnreachable:
                 if conn.received:
                     raise
