@@ -84,7 +84,12 @@ async def serve(settings: Settings) -> None:
         wake_controller=fleet.wake,
     )
     metrics = InvocationMetrics()
-    router = Router(table, settings.account_id, settings.max_concurrency_per_instance)
+    router = Router(
+        table,
+        settings.account_id,
+        settings.max_concurrency_per_instance,
+        settings.max_concurrency_per_endpoint,
+    )
     app = App(
         ControlPlaneApi(ctx, db, [JsonService("sagemaker", SAGEMAKER_OPERATIONS)]),
         RuntimeApi(router, metrics, settings.max_payload_bytes),

@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     max_concurrency_per_instance: int = Field(
         default=64, gt=0, description="requests in flight to one instance before it counts as saturated"
     )
+    max_concurrency_per_endpoint: int = Field(
+        default=1024, gt=0, description="requests in flight to one endpoint; past it, 503 with Retry-After"
+    )
+    max_batch_size: int = Field(
+        default=1, ge=1, description="default MODELHOST_MAX_BATCH_SIZE (rows) for models that do not set it"
+    )
+    max_batch_delay_us: int = Field(
+        default=0, ge=0, description="default MODELHOST_MAX_BATCH_DELAY_US for models that do not set it"
+    )
 
     cpu_overcommit: float = Field(default=16.0, gt=0, description="vCPUs placeable per host core")
     memory_overcommit: float = Field(default=8.0, gt=0, description="instance memory placeable per host byte")

@@ -303,7 +303,7 @@ class Fleet:
             variant=variant.name,
             runtime=container.runtime,
             model_dir=model_dir,
-            environment=container.environment,
+            environment=self._worker_environment(container.environment),
             vcpus=resources.vcpus,
             timeout_s=spec.invocation_timeout_s or self._settings.invocation_timeout_s,
         )
@@ -350,6 +350,13 @@ class Fleet:
         self._crashes.pop(inst.key, None)
         log.info("instance %s of %s/%s is healthy", inst.id, row.name, variant.name)
         self._changed()
+
+    def _worker_environment(self, environment: Mapping[str, str]) -> dict[str, str]:
+        """The container's Environment, with the server's batching defaults where the model sets none."""
+        env = dict(environment)
+        env.setdefault("MODELHOST_MAX_BATCH_SIZE", str(self._settings.max_batch_size))
+        env.setdefault("MODELHOST_MAX_BATCH_DELAY_US", str(self._settings.max_batch_delay_us))
+        return env
 
     def _tail(self, inst: ManagedInstance) -> str:
         tail = inst.process.log_tail(8) if inst.process else ""

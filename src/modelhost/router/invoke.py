@@ -38,10 +38,19 @@ class InvokeResult:
 
 
 class Router:
-    def __init__(self, table: RouteTable, account_id: str, max_outstanding_per_instance: int) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        account_id: str,
+        max_outstanding_per_instance: int,
+        max_outstanding_per_endpoint: int = 1024,
+    ) -> None:
         self._table = table
         self._account = account_id
         self._max_outstanding = max_outstanding_per_instance
+        self._max_per_endpoint = max_outstanding_per_endpoint
+        # Requests in flight per endpoint; kept here, not on the route, because routes are rebuilt.
+        self.in_flight: dict[str, int] = {}
         self._rotor = 0
         self._random = random.random
 
@@ -86,6 +95,19 @@ class Router:
         return handle, route.timeout_s
 
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
+        in_flight = self.in_flight.get(req.endpoint, 0)
+        if in_flight >= self._max_per_endpoint:
+            raise ServiceUnavailable(
+                f"Endpoint {req.endpoint} has {in_flight} requests in flight, its limit "
+                f"(MODELHOST_MAX_CONCURRENCY_PER_ENDPOINT); retry shortly, or add instances."
+            )
+        self.in_flight[req.endpoint] = in_flight + 1
+        try:
+            return await self._invoke(req)
+        finally:
+            self.in_flight[req.endpoint] -= 1
+
+    async def _invoke(self, req: InvokeRequest) -> InvokeResult:
         handle, timeout_s = self._pick(req)
         try:
             return await self._send(req, handle, timeout_s)
