@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.live_server import ROLE, LiveServer, wait_until, worker_pids
+from tests.fixtures.live_server import LiveServer, wait_until, worker_pids
 from tests.fixtures.models import iris_model, write_artifact
 
 ROW = "5.1,3.5,1.4,0.2"
@@ -108,22 +108,7 @@ def test_update_under_load_fails_no_request(own_server: LiveServer, name: str) -
     server = own_server
     server.deploy(name, _iris(server, name), count=2)
     v2 = _iris(server, name + "-v2", code="def output_fn(prediction, accept):\n    return '\"v2\"'\n")
-    server.sm.create_model(
-        ModelName=name + "-v2",
-        ExecutionRoleArn=ROLE,
-        PrimaryContainer={"Image": "sklearn", "ModelDataUrl": v2},
-    )
-    server.sm.create_endpoint_config(
-        EndpointConfigName=name + "-v2",
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": name + "-v2",
-                "InstanceType": "ml.m5.large",
-                "InitialInstanceCount": 2,
-            }
-        ],
-    )
+    server.model_and_config(name + "-v2", name + "-v2", v2, count=2)
     old = worker_pids(server.data_dir)
     stop, results = threading.Event(), Counter[str]()
     threads = [threading.Thread(target=_load, args=(server, name, stop, results)) for _ in range(4)]
@@ -156,22 +141,7 @@ def test_failed_update_rolls_back_and_keeps_serving(own_server: LiveServer, name
     server = own_server
     server.deploy(name, _iris(server, name), count=1)
     bad = _iris(server, name + "-bad", code="def model_fn(model_dir):\n    raise OSError('disk on fire')\n")
-    server.sm.create_model(
-        ModelName=name + "-bad",
-        ExecutionRoleArn=ROLE,
-        PrimaryContainer={"Image": "sklearn", "ModelDataUrl": bad},
-    )
-    server.sm.create_endpoint_config(
-        EndpointConfigName=name + "-bad",
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": name + "-bad",
-                "InstanceType": "ml.m5.large",
-                "InitialInstanceCount": 1,
-            }
-        ],
-    )
+    server.model_and_config(name + "-bad", name + "-bad", bad)
     server.sm.update_endpoint(EndpointName=name, EndpointConfigName=name + "-bad")
     d = server.wait_status(name, "InService")
     assert d["EndpointConfigName"] == name + "-cfg"

@@ -6,12 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelhost.controlplane.context import ControlPlaneContext
-from modelhost.controlplane.listing import Listable, page
 from modelhost.controlplane.models import get_model
-from modelhost.controlplane.tags import store_tags
+from modelhost.controlplane.resources import create_resource, list_resources
 from modelhost.errors import ValidationError
 from modelhost.store import tables
-from modelhost.store.metadata import AlreadyExists, ResourceRow
+from modelhost.store.metadata import ResourceRow
 
 # Members of CreateEndpointConfig that later features implement; refused by name until then rather than
 # accepted and silently ignored.
@@ -47,13 +46,9 @@ def create_endpoint_config(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> 
         if req.get(member):
             raise ValidationError(f"{member} is not supported by modelhost yet; remove it from the request.")
     _check_variants(ctx, list(req["ProductionVariants"]))
-    arn = ctx.arn("endpoint-config", name)
-    record = {k: v for k, v in req.items() if k != "Tags"}
-    try:
-        ctx.store.insert_resource(tables.endpoint_configs, ResourceRow(name, arn, ctx.clock.now(), record))
-    except AlreadyExists:
-        raise ValidationError(f'Cannot create already existing endpoint configuration "{arn}".') from None
-    store_tags(ctx, arn, req.get("Tags"))
+    arn = create_resource(
+        ctx, tables.endpoint_configs, "endpoint-config", "endpoint configuration", name, req
+    )
     return {"EndpointConfigArn": arn}
 
 
@@ -75,18 +70,7 @@ def describe_endpoint_config(ctx: ControlPlaneContext, req: Mapping[str, Any]) -
 
 
 def list_endpoint_configs(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:
-    rows, token = page(
-        ctx.store.list_resources(tables.endpoint_configs), lambda r: Listable(r.name, r.creation_time), req
-    )
-    out: dict[str, Any] = {
-        "EndpointConfigs": [
-            {"EndpointConfigName": r.name, "EndpointConfigArn": r.arn, "CreationTime": r.creation_time}
-            for r in rows
-        ]
-    }
-    if token:
-        out["NextToken"] = token
-    return out
+    return list_resources(ctx, tables.endpoint_configs, req, "EndpointConfigs", "EndpointConfig")
 
 
 def delete_endpoint_config(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:

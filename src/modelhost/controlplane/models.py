@@ -6,13 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelhost.controlplane.context import ControlPlaneContext
-from modelhost.controlplane.listing import Listable, page
-from modelhost.controlplane.tags import store_tags
+from modelhost.controlplane.resources import create_resource, list_resources
 from modelhost.domain.specs import ContainerSpec, model_spec
 from modelhost.errors import ArtifactError, ValidationError
 from modelhost.runtimes.images import resolve_runtime
 from modelhost.store import tables
-from modelhost.store.metadata import AlreadyExists, ResourceRow
+from modelhost.store.metadata import ResourceRow
 
 
 def _check_container(ctx: ControlPlaneContext, c: ContainerSpec) -> None:
@@ -55,14 +54,7 @@ def create_model(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, 
         )
     for c in spec.containers:
         _check_container(ctx, c)
-    arn = ctx.arn("model", name)
-    record = {k: v for k, v in req.items() if k != "Tags"}
-    try:
-        ctx.store.insert_resource(tables.models, ResourceRow(name, arn, ctx.clock.now(), record))
-    except AlreadyExists:
-        raise ValidationError(f'Cannot create already existing model "{arn}".') from None
-    store_tags(ctx, arn, req.get("Tags"))
-    return {"ModelArn": arn}
+    return {"ModelArn": create_resource(ctx, tables.models, "model", "model", name, req)}
 
 
 def get_model(ctx: ControlPlaneContext, name: str) -> ResourceRow:
@@ -82,15 +74,7 @@ def describe_model(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str
 
 
 def list_models(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:
-    rows, token = page(
-        ctx.store.list_resources(tables.models), lambda r: Listable(r.name, r.creation_time), req
-    )
-    out: dict[str, Any] = {
-        "Models": [{"ModelName": r.name, "ModelArn": r.arn, "CreationTime": r.creation_time} for r in rows]
-    }
-    if token:
-        out["NextToken"] = token
-    return out
+    return list_resources(ctx, tables.models, req, "Models", "Model")
 
 
 def delete_model(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, Any]:
