@@ -5,7 +5,10 @@ The worker calls these wherever the user's ``code/inference.py`` does not define
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Runtime(Protocol):
@@ -26,6 +29,15 @@ class Runtime(Protocol):
 
     def predict_fn(self, data: object, model: object) -> object:
         """Run the model on decoded data."""
+        ...
+
+    def batch_rows(self, data: object, model: object) -> np.ndarray | None:
+        """``data`` (an ``input_fn`` result) as the rows ``predict_fn`` would see, stacked along axis 0.
+
+        The batching dispatcher counts these rows and concatenates several requests' rows into one
+        ``predict_fn`` call, which must then return one result per row in order (docs/batching.md). Return
+        None for input that cannot share a call; a runtime that cannot batch at all always returns None.
+        """
         ...
 
     def output_fn(self, prediction: object, accept: str) -> tuple[bytes, str]:

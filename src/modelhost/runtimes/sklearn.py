@@ -55,6 +55,15 @@ def _is_numeric(array: np.ndarray) -> bool:
     return array.dtype.kind in "biuf"
 
 
+def _as_rows(data: object, model: object) -> object:
+    if isinstance(data, np.ndarray) and data.ndim == 1 and _is_numeric(data):
+        # A flat list of numbers is one row, unless the model has a single feature, in which case it is a
+        # column. Non-numeric 1-D input stays 1-D: text pipelines (TfidfVectorizer, ...) expect it so.
+        single_feature = getattr(model, "n_features_in_", None) == 1
+        return data.reshape(-1, 1) if single_feature else data.reshape(1, -1)
+    return data
+
+
 class SklearnRuntime:
     """Defaults of SageMaker's scikit-learn container, with a model_fn that needs no user code."""
 
@@ -78,11 +87,7 @@ class SklearnRuntime:
         return codecs.decode(input_data, content_type)
 
     def predict_fn(self, data: object, model: object) -> object:
-        if isinstance(data, np.ndarray) and data.ndim == 1 and _is_numeric(data):
-            # A flat list of numbers is one row, unless the model has a single feature, in which case it is a
-            # column. Non-numeric 1-D input stays 1-D: text pipelines (TfidfVectorizer, ...) expect it so.
-            single_feature = getattr(model, "n_features_in_", None) == 1
-            data = data.reshape(-1, 1) if single_feature else data.reshape(1, -1)
+        data = _as_rows(data, model)
         predict = getattr(model, "predict", None)
         if predict is None:
             raise TypeError(
@@ -91,6 +96,11 @@ class SklearnRuntime:
             )
         result: object = predict(data)
         return result
+
+    def batch_rows(self, data: object, model: object) -> np.ndarray | None:
+        # Estimators predict row by row, so rows of several requests may share one predict call.
+        rows = _as_rows(data, model)
+        return rows if isinstance(rows, np.ndarray) and rows.ndim >= 1 else None
 
     def output_fn(self, prediction: object, accept: str) -> tuple[bytes, str]:
         return codecs.encode(prediction, accept)

@@ -6,23 +6,32 @@ Command line (written by the server's instance backend)::
         --failure-file PATH [--lifeline-fd FD] [--hang-grace-s 5]
 
 Environment: the model container's ``Environment`` (SAGEMAKER_PROGRAM, SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT,
-user variables), SM_MODEL_DIR, and the *_NUM_THREADS variables the server derives from the vCPUs.
+MODELHOST_MAX_BATCH_SIZE, MODELHOST_MAX_BATCH_DELAY_US, MODELHOST_PREFERRED_BATCH_SIZES, user variables),
+SM_MODEL_DIR, and the *_NUM_THREADS variables the server derives from the vCPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 
 import uvloop
 
+from modelhost.worker.failure import write_failure_file
 from modelhost.worker.lifecycle import WorkerProcess, flush_std_streams
-from modelhost.worker.options import parse_options
+from modelhost.worker.options import InvalidEnvironment, parse_options
 
 
 def main() -> None:
-    options = parse_options(sys.argv[1:], os.environ)
+    try:
+        options = parse_options(sys.argv[1:], os.environ)
+    except InvalidEnvironment as exc:
+        sys.stderr.write(f"load failed: {exc.message}\n")
+        with contextlib.suppress(OSError):
+            write_failure_file(exc.failure_file, exc.message)
+        sys.exit(1)
     # Handler code's print() must reach the instance's log stream as it happens, not when a buffer fills.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)

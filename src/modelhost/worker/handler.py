@@ -17,6 +17,8 @@ from types import ModuleType
 from modelhost.worker.failure import LoadFailure, describe_exception
 
 DEFAULT_PROGRAM = "inference.py"
+# Module-level flag of the batch contract (docs/batching.md).
+BATCHING_FLAG = "SUPPORTS_BATCHING"
 
 # Base parameters of each function the inference toolkit looks up, in call order.
 BASE_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -51,6 +53,8 @@ class UserHandlers:
     predict_fn: HandlerFunction | None = None
     output_fn: HandlerFunction | None = None
     transform_fn: HandlerFunction | None = None
+    # SUPPORTS_BATCHING = True: predict_fn takes the rows of several requests at once (docs/batching.md).
+    supports_batching: bool = False
 
 
 def handler_path(model_dir: Path, program: str | None) -> Path | None:
@@ -143,6 +147,7 @@ def find_handlers(module: ModuleType, source: Path) -> UserHandlers:
                 f"{source} defines transform_fn together with {', '.join(clashing)}: transform_fn replaces "
                 "input_fn, predict_fn and output_fn. Define either transform_fn or those three"
             )
+    supports_batching = _batching_declaration(module, source, found)
     return UserHandlers(
         source=source,
         pre_model_fn=found["pre_model_fn"],
@@ -152,7 +157,33 @@ def find_handlers(module: ModuleType, source: Path) -> UserHandlers:
         predict_fn=found["predict_fn"],
         output_fn=found["output_fn"],
         transform_fn=found["transform_fn"],
+        supports_batching=supports_batching,
     )
+
+
+def _batching_declaration(module: ModuleType, source: Path, found: dict[str, HandlerFunction | None]) -> bool:
+    """The module's ``SUPPORTS_BATCHING``, checked against the functions it defines."""
+    declared = getattr(module, BATCHING_FLAG, False)
+    if not isinstance(declared, bool):
+        raise LoadFailure(
+            f"{BATCHING_FLAG} in {source} is {declared!r}; set it to True (predict_fn takes a batch of rows) "
+            "or False"
+        )
+    if not declared:
+        return False
+    if found["transform_fn"] is not None:
+        raise LoadFailure(
+            f"{source} sets {BATCHING_FLAG} = True but defines transform_fn, which always runs one request "
+            "at a time. Remove the flag, or replace transform_fn with input_fn, predict_fn and output_fn"
+        )
+    predict_fn = found["predict_fn"]
+    if predict_fn is not None and predict_fn.takes_context:
+        raise LoadFailure(
+            f"{source} sets {BATCHING_FLAG} = True but predict_fn takes a context, which belongs to a single "
+            "request. A batching predict_fn takes (data, model); read request headers in input_fn or "
+            "output_fn"
+        )
+    return True
 
 
 def load_user_handlers(model_dir: Path, program: str | None) -> UserHandlers:

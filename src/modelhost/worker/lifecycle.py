@@ -1,7 +1,7 @@
 """The worker's life: listen at once, load the model in the background, serve, stop.
 
-Run by ``__main__`` on a uvloop event loop; builds the contract app, the handler pool and uvicorn, and owns
-every way the process ends (SIGTERM/SIGINT, lifeline EOF, load failure).
+Run by ``__main__`` on a uvloop event loop; builds the contract app, the handler pool, the dispatcher and
+uvicorn, and owns every way the process ends (SIGTERM/SIGINT, lifeline EOF, load failure).
 """
 
 from __future__ import annotations
@@ -16,17 +16,21 @@ import socket
 import sys
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import uvicorn
 from uvicorn.lifespan.off import LifespanOff
 
+from modelhost.worker.batcher import BatchingDispatcher
+from modelhost.worker.dispatch import Dispatcher, OneAtATimeDispatcher
 from modelhost.worker.failure import LoadFailure, describe_exception, write_failure_file
 from modelhost.worker.health import BusyClock
 from modelhost.worker.lifeline import watch_lifeline
 from modelhost.worker.loading import load_pipeline
-from modelhost.worker.options import WorkerOptions
+from modelhost.worker.options import MAX_BATCH_SIZE_ENV, WorkerOptions
 from modelhost.worker.pipeline import Pipeline
 from modelhost.worker.server import ContractApp
 
@@ -120,7 +124,8 @@ class WorkerProcess:
             )
             return self._exit_code
         executor = ThreadPoolExecutor(max_workers=options.prediction_threads, thread_name_prefix="handler")
-        app = ContractApp(executor=executor, busy=BusyClock(), hang_after_s=options.hang_after_s)
+        busy = BusyClock()
+        app = ContractApp(busy=busy, hang_after_s=options.hang_after_s)
         server = build_uvicorn_server(app, options)
         self._server = server
         await server.startup(sockets=[sock])
@@ -137,7 +142,9 @@ class WorkerProcess:
         # process (nothing can interrupt a running model_fn).
         loading = executor.submit(load_pipeline, options)
         loading.add_done_callback(
-            lambda future: loop.call_soon_threadsafe(self._on_loaded, app, future, started)
+            lambda future: loop.call_soon_threadsafe(
+                self._on_loaded, app, future, started, partial(self._build_dispatcher, executor, busy, loop)
+            )
         )
 
         await self._stop.wait()
@@ -152,12 +159,18 @@ class WorkerProcess:
         log.info("stopped")
         return self._exit_code
 
-    def _on_loaded(self, app: ContractApp, future: Future[Pipeline], started: float) -> None:
+    def _on_loaded(
+        self,
+        app: ContractApp,
+        future: Future[Pipeline],
+        started: float,
+        make_dispatcher: Callable[[Pipeline], Dispatcher],
+    ) -> None:
         if self._stop.is_set():
             return
         exc = future.exception()
         if exc is None:
-            app.set_ready(future.result())
+            app.set_ready(make_dispatcher(future.result()))
             log.info("loaded in %d ms; ready", round((time.perf_counter() - started) * 1000))
             return
         failure = (
@@ -167,6 +180,34 @@ class WorkerProcess:
         )
         self._fail(failure, exc)
         self._request_stop("load failed")
+
+    def _build_dispatcher(
+        self, executor: Executor, busy: BusyClock, loop: asyncio.AbstractEventLoop, pipeline: Pipeline
+    ) -> Dispatcher:
+        """Batching when the Environment asks for it and the handler takes batches; else one at a time."""
+        options = self._options
+        policy = options.batching
+        unbatchable = pipeline.unbatchable_reason
+        if policy is not None and unbatchable is None:
+            log.info(
+                "dynamic batching: up to %d rows per predict_fn call, %d us delay, preferred sizes %s, "
+                "%d slots",
+                policy.max_batch_size,
+                policy.max_batch_delay_us,
+                ",".join(map(str, policy.preferred_batch_sizes)) or "none",
+                options.prediction_threads,
+            )
+            return BatchingDispatcher(
+                pipeline=pipeline, policy=policy, threads=options.prediction_threads, busy=busy, loop=loop
+            )
+        if policy is not None:
+            log.warning(
+                "%s is %d but %s: one request at a time (see docs/batching.md)",
+                MAX_BATCH_SIZE_ENV,
+                policy.max_batch_size,
+                unbatchable,
+            )
+        return OneAtATimeDispatcher(pipeline=pipeline, executor=executor, busy=busy, loop=loop)
 
     def _fail(self, failure: LoadFailure, exc: BaseException) -> None:
         """Explain a failure to start in the failure file and the log; the process will exit 1."""

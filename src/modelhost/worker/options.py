@@ -1,6 +1,7 @@
-"""The worker's command line and the SageMaker environment variables it honours, as one frozen value.
+"""The worker's command line and the environment variables it honours, as one frozen value.
 
-Built once by ``__main__`` (the composition root); the server writes the matching command line.
+Built once by ``__main__`` (the composition root); the server writes the matching command line and passes the
+model container's Environment (SAGEMAKER_* and MODELHOST_*_BATCH_* variables).
 """
 
 from __future__ import annotations
@@ -10,8 +11,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelhost.worker.batching import BatchPolicy
+from modelhost.worker.failure import LoadFailure
+
 DEFAULT_ACCEPT = "application/json"
 DEFAULT_HANG_GRACE_S = 5.0
+MAX_BATCH_SIZE_ENV = "MODELHOST_MAX_BATCH_SIZE"
+MAX_BATCH_DELAY_US_ENV = "MODELHOST_MAX_BATCH_DELAY_US"
+PREFERRED_BATCH_SIZES_ENV = "MODELHOST_PREFERRED_BATCH_SIZES"
+# Longer is surely a unit mistake (the value is in microseconds) and would eat into the invocation timeout.
+MAX_BATCH_DELAY_US_LIMIT = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class WorkerOptions:
     hang_grace_s: float = DEFAULT_HANG_GRACE_S  # a prediction past timeout_s + this marks the worker hung
     program: str | None = None  # SAGEMAKER_PROGRAM: the handler file in <model_dir>/code, None = default
     default_accept: str = DEFAULT_ACCEPT  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT: for absent or */* Accept
+    batching: BatchPolicy | None = None  # MODELHOST_*_BATCH_* variables; None: one request at a time
 
     @property
     def prediction_threads(self) -> int:
@@ -45,6 +55,56 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
+
+
+class InvalidEnvironment(LoadFailure):
+    """A variable of the model container's Environment has a bad value; the worker exits as a load failure."""
+
+    def __init__(self, message: str, failure_file: Path) -> None:
+        super().__init__(message)
+        self.failure_file = failure_file
+
+
+def _whole_number(name: str, text: str, what: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ValueError(f"{name} must be a whole number of {what}, at least {minimum}, not {text!r}")
+    return value
+
+
+def parse_batch_policy(environ: Mapping[str, str]) -> BatchPolicy | None:
+    """Dynamic batching from the container's Environment; None when MODELHOST_MAX_BATCH_SIZE is absent or 1.
+
+    Raises ``ValueError`` naming the variable and the value it needs.
+    """
+    size_text = environ.get(MAX_BATCH_SIZE_ENV, "").strip()
+    max_batch_size = _whole_number(MAX_BATCH_SIZE_ENV, size_text, "rows", 1) if size_text else 1
+    delay_text = environ.get(MAX_BATCH_DELAY_US_ENV, "").strip()
+    delay_us = _whole_number(MAX_BATCH_DELAY_US_ENV, delay_text, "microseconds", 0) if delay_text else 0
+    if delay_us > MAX_BATCH_DELAY_US_LIMIT:
+        raise ValueError(
+            f"{MAX_BATCH_DELAY_US_ENV} is {delay_us} microseconds, over the limit of "
+            f"{MAX_BATCH_DELAY_US_LIMIT} (10 s); the value is in microseconds: 5000 means 5 ms"
+        )
+    preferred_text = environ.get(PREFERRED_BATCH_SIZES_ENV, "")
+    preferred = {
+        _whole_number(PREFERRED_BATCH_SIZES_ENV, item.strip(), "rows each, comma-separated", 1)
+        for item in preferred_text.split(",")
+        if item.strip()
+    }
+    if max_batch_size == 1:
+        # Delay and preferred sizes may come from server-wide defaults; without batches they mean nothing.
+        return None
+    too_big = sorted(size for size in preferred if size > max_batch_size)
+    if too_big:
+        raise ValueError(
+            f"{PREFERRED_BATCH_SIZES_ENV} holds {', '.join(map(str, too_big))}, more than "
+            f"{MAX_BATCH_SIZE_ENV} ({max_batch_size}): a batch never exceeds the maximum"
+        )
+    return BatchPolicy(max_batch_size, delay_us, tuple(sorted(preferred)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,8 +129,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerOptions:
-    """Options from the command line plus the model container's environment; exits 2 on bad arguments."""
+    """Options from the command line plus the model container's environment.
+
+    Exits 2 on bad arguments (the server's mistake); raises ``InvalidEnvironment`` on a bad environment value
+    (the user's, reported as a load failure).
+    """
     args = _parser().parse_args(list(argv))
+    try:
+        batching = parse_batch_policy(environ)
+    except ValueError as exc:
+        raise InvalidEnvironment(
+            f"{exc}. Fix the model's container Environment (docs/batching.md)", args.failure_file
+        ) from exc
     return WorkerOptions(
         socket_path=args.socket,
         model_dir=args.model_dir,
@@ -82,4 +152,5 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerOpti
         hang_grace_s=max(0.0, args.hang_grace_s),
         program=environ.get("SAGEMAKER_PROGRAM") or None,
         default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or DEFAULT_ACCEPT,
+        batching=batching,
     )

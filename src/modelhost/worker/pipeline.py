@@ -1,7 +1,8 @@
 """One invocation through the handler chain: input_fn → predict_fn → output_fn, or transform_fn.
 
-Built once the model is loaded; ``invoke`` runs on a handler thread, never on the event loop. User functions
-replace the runtime's defaults one by one, exactly as the SageMaker inference toolkit combines them.
+Built once the model is loaded; ``invoke`` (one request) and the stages ``decode``/``predict``/``encode`` (the
+batching dispatcher) run on handler threads, never on the event loop. User functions replace the runtime's
+defaults one by one, exactly as the SageMaker inference toolkit combines them.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from modelhost.errors import ModelhostError
 from modelhost.runtimes import codecs
 from modelhost.runtimes.codecs import CodecError, UndecodableBody
 from modelhost.runtimes.runtime import Runtime
 from modelhost.worker.context import HandlerContext
 from modelhost.worker.failure import describe_exception
-from modelhost.worker.handler import HandlerFunction, UserHandlers
+from modelhost.worker.handler import BATCHING_FLAG, HandlerFunction, UserHandlers
 
 # User input_fn/transform_fn receive these bodies as str (UTF-8) and every other type as bytes, as the
 # inference toolkit does (its UTF8_TYPES). Handler code written for SageMaker relies on it (for example it
@@ -35,6 +38,16 @@ class Reply:
     body: bytes
     content_type: bytes
     headers: tuple[tuple[bytes, bytes], ...] = _NO_HEADERS  # set by the handler through its context
+    rows: int = 1  # rows predicted for this request (see ``Pipeline.batch_rows``); 1 for transform_fn
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """One request after input_fn: what predict_fn gets, and what output_fn will need."""
+
+    data: object
+    accept: str  # the media type to answer with, already checked against the runtime's encoders
+    context: HandlerContext | None
 
 
 class HandlerFailed(ModelhostError):
@@ -83,6 +96,7 @@ class Pipeline:
         self._predict_fn = handlers.predict_fn
         self._output_fn = handlers.output_fn
         self._transform_fn = handlers.transform_fn
+        self._supports_batching = handlers.supports_batching
         self._system_properties = system_properties
         self._default_accept = default_accept
         # Decided once: a context is built per request only if some function will receive it.
@@ -90,6 +104,15 @@ class Pipeline:
             fn is not None and fn.takes_context
             for fn in (self._input_fn, self._predict_fn, self._output_fn, self._transform_fn)
         )
+
+    @property
+    def unbatchable_reason(self) -> str | None:
+        """Why predict_fn must get one request at a time, or None when it takes batches (docs/batching.md)."""
+        if self._transform_fn is not None:
+            return "the handler defines transform_fn, which always runs one request at a time"
+        if self._predict_fn is not None and not self._supports_batching:
+            return f"the handler's predict_fn does not declare {BATCHING_FLAG} = True"
+        return None
 
     def invoke(
         self,
@@ -99,27 +122,86 @@ class Pipeline:
         headers: Sequence[tuple[bytes, bytes]],
     ) -> Reply:
         """Run one request; raises ``CodecError`` (the client must fix the request) or ``HandlerFailed``."""
+        if self._transform_fn is not None:
+            return self._transform(body, content_type, accept, headers)
+        decoded = self.decode(body, content_type, accept, headers)
+        rows = self.batch_rows(decoded.data)
+        prediction = self.predict(decoded.data, decoded.context)
+        return self.encode(prediction, decoded, 1 if rows is None else len(rows))
+
+    def decode(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> Decoded:
+        """input_fn, after checking the Accept can be answered. Not for transform_fn handlers."""
         content_type = content_type or DEFAULT_CONTENT_TYPE
         if not accept or accept == "*/*":
             accept = self._default_accept
         context = HandlerContext(headers, self._system_properties) if self._wants_context else None
         try:
-            if self._transform_fn is not None:
-                raw = self._handler_input(body, content_type)
-                result = _call(self._transform_fn, context, self.model, raw, content_type, accept)
-            else:
-                if self._output_fn is None:
-                    # Fail an unanswerable Accept (406) before paying for decoding and prediction.
-                    accept = self._runtime.accept_media_type(accept)
-                data = self._input(body, content_type, context)
-                result = self._output(self._predict(data, context), accept, context)
-            return self._reply(result, accept, context)
+            if self._output_fn is None:
+                # Fail an unanswerable Accept (406) before paying for decoding and prediction.
+                accept = self._runtime.accept_media_type(accept)
+            return Decoded(self._input(body, content_type, context), accept, context)
         except CodecError:
             raise
         except BaseException as exc:  # anything user code raises, SystemExit included, is the model's error
-            message = describe_exception(exc)
-            sys.stderr.write(f"invocation failed: {message}\n" + "".join(traceback.format_exception(exc)))
-            raise HandlerFailed(message) from exc
+            raise _failed(exc) from exc
+
+    def batch_rows(self, data: object) -> np.ndarray | None:
+        """``data`` as rows along axis 0 that may share a predict call with other requests' rows, or None."""
+        if self._predict_fn is None:
+            return self._runtime.batch_rows(data, self.model)
+        # A user predict_fn that declares the batch contract takes input_fn's arrays as they are.
+        return data if isinstance(data, np.ndarray) and data.ndim >= 1 else None
+
+    def predict(self, data: object, context: HandlerContext | None) -> object:
+        """predict_fn on one request's data, or on the joined rows of a batch (then ``context`` is None)."""
+        try:
+            if self._predict_fn is None:
+                return self._runtime.predict_fn(data, self.model)
+            return _call(self._predict_fn, context, data, self.model)
+        except CodecError:
+            raise
+        except BaseException as exc:
+            raise _failed(exc) from exc
+
+    def encode(self, prediction: object, decoded: Decoded, rows: int) -> Reply:
+        """output_fn for one request's share of a prediction."""
+        try:
+            if self._output_fn is None:
+                result: object = self._runtime.output_fn(prediction, decoded.accept)
+            else:
+                result = _call(self._output_fn, decoded.context, prediction, decoded.accept)
+            return _reply(result, decoded.accept, decoded.context, rows)
+        except CodecError:
+            raise
+        except BaseException as exc:
+            raise _failed(exc) from exc
+
+    def _transform(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> Reply:
+        assert self._transform_fn is not None
+        content_type = content_type or DEFAULT_CONTENT_TYPE
+        if not accept or accept == "*/*":
+            accept = self._default_accept
+        context = HandlerContext(headers, self._system_properties) if self._wants_context else None
+        try:
+            raw = self._handler_input(body, content_type)
+            result = _call(self._transform_fn, context, self.model, raw, content_type, accept)
+            return _reply(result, accept, context, 1)
+        except CodecError:
+            raise
+        except BaseException as exc:
+            raise _failed(exc) from exc
 
     def _handler_input(self, body: bytes, content_type: str) -> bytes | str:
         if codecs.media_type(content_type) not in TEXT_MEDIA_TYPES:
@@ -135,27 +217,23 @@ class Pipeline:
             return self._runtime.input_fn(body, content_type)
         return _call(self._input_fn, context, self._handler_input(body, content_type), content_type)
 
-    def _predict(self, data: object, context: HandlerContext | None) -> object:
-        if self._predict_fn is None:
-            return self._runtime.predict_fn(data, self.model)
-        return _call(self._predict_fn, context, data, self.model)
 
-    def _output(self, prediction: object, accept: str, context: HandlerContext | None) -> object:
-        if self._output_fn is None:
-            return self._runtime.output_fn(prediction, accept)
-        return _call(self._output_fn, context, prediction, accept)
+def _failed(exc: BaseException) -> HandlerFailed:
+    message = describe_exception(exc)
+    sys.stderr.write(f"invocation failed: {message}\n" + "".join(traceback.format_exception(exc)))
+    return HandlerFailed(message)
 
-    @staticmethod
-    def _reply(result: object, accept: str, context: HandlerContext | None) -> Reply:
-        # output_fn/transform_fn may return the body alone (typed as Accept) or (body, content_type).
-        if isinstance(result, tuple):
-            if len(result) != 2:
-                raise TypeError(f"expected (body, content_type) from output_fn, got a {len(result)}-tuple")
-            body, content_type = result
-        else:
-            body, content_type = result, accept
-        headers = context.response_headers if context is not None else _NO_HEADERS
-        return Reply(_as_bytes(body), _content_type_bytes(content_type), headers)
+
+def _reply(result: object, accept: str, context: HandlerContext | None, rows: int) -> Reply:
+    # output_fn/transform_fn may return the body alone (typed as Accept) or (body, content_type).
+    if isinstance(result, tuple):
+        if len(result) != 2:
+            raise TypeError(f"expected (body, content_type) from output_fn, got a {len(result)}-tuple")
+        body, content_type = result
+    else:
+        body, content_type = result, accept
+    headers = context.response_headers if context is not None else _NO_HEADERS
+    return Reply(_as_bytes(body), _content_type_bytes(content_type), headers, rows)
 
 
 def _call(function: HandlerFunction, context: HandlerContext | None, *args: object) -> object:

@@ -1,7 +1,8 @@
 """The SageMaker container contract as a raw ASGI app: ``GET /ping`` and ``POST /invocations``.
 
 Served by uvicorn on the worker's unix socket; the lifecycle flips it to ready once the model is loaded.
-This is the worker's HTTP edge: the one place that maps pipeline errors to statuses. No per-request logging.
+This is the worker's HTTP edge: it parses, hands the invocation to a ``Dispatcher`` (``dispatch.py``, which
+maps pipeline errors to statuses) and writes the reply. No per-request logging.
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from concurrent.futures import Executor
+from functools import partial
 from typing import Any
 
-from modelhost.errors import ModelhostError
-from modelhost.runtimes.codecs import UndecodableBody, UnsupportedAccept, UnsupportedContentType
+from modelhost.worker.dispatch import NOT_LOADED, TEXT, Dispatcher, WorkReply, WorkRequest
 from modelhost.worker.health import BusyClock, Phase, is_healthy, is_hung
-from modelhost.worker.pipeline import HandlerFailed, Pipeline, Reply
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,14 +25,9 @@ Headers = Sequence[tuple[bytes, bytes]]
 
 log = logging.getLogger("modelhost.worker")
 
-_TEXT = b"text/plain; charset=utf-8"
-# The one error → status table of the worker's contract.
-ERROR_STATUS: dict[type[ModelhostError], int] = {
-    UndecodableBody: 400,
-    UnsupportedAccept: 406,
-    UnsupportedContentType: 415,
-    HandlerFailed: 500,
-}
+MODEL_US_HEADER = b"x-modelhost-model-us"
+QUEUE_US_HEADER = b"x-modelhost-queue-us"
+BATCH_ROWS_HEADER = b"x-modelhost-batch-rows"
 
 
 class _ClientGone(Exception):
@@ -58,7 +52,7 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, content_type: bytes = _TEXT, extra_headers: Headers = ()
+    send: Send, status: int, body: bytes, content_type: bytes = TEXT, extra_headers: Headers = ()
 ) -> None:
     # Content-Length is always set: without it uvicorn would fall back to chunked encoding.
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
@@ -69,30 +63,28 @@ async def _respond(
 
 
 class ContractApp:
-    """ASGI app of one worker. Handler code runs on ``executor``; the event loop only moves bytes."""
+    """ASGI app of one worker. Invocations go to the dispatcher; the event loop only moves bytes."""
 
     def __init__(
         self,
         *,
-        executor: Executor,
         busy: BusyClock,
         hang_after_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._executor = executor
         self._busy = busy
         self._hang_after_s = hang_after_s
         self._clock = clock
         self._phase = Phase.LOADING
-        self._pipeline: Pipeline | None = None
+        self._dispatcher: Dispatcher | None = None
         self._reported_hung = False
 
     @property
     def phase(self) -> Phase:
         return self._phase
 
-    def set_ready(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
+    def set_ready(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
         self._phase = Phase.READY
 
     def set_stopping(self) -> None:
@@ -137,9 +129,9 @@ class ContractApp:
         if scope["method"] != "POST":
             await _respond(send, 405, b"Use POST /invocations")
             return
-        pipeline = self._pipeline
-        if pipeline is None:
-            await _respond(send, 503, b"The model is not loaded yet; retry once /ping answers 200")
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            await _send_reply(send, NOT_LOADED)
             return
         headers: Headers = scope["headers"]
         content_type: str | None = None
@@ -153,25 +145,23 @@ class ContractApp:
             body = await _read_body(receive)
         except _ClientGone:
             return
-        loop = asyncio.get_running_loop()
-        try:
-            reply = await loop.run_in_executor(
-                self._executor, self._run, pipeline, body, content_type, accept, headers
-            )
-        except ModelhostError as exc:
-            status = ERROR_STATUS.get(type(exc))
-            if status is None:
-                raise
-            await _respond(send, status, exc.message.encode("utf-8", "replace"))
-            return
-        await _respond(send, 200, reply.body, reply.content_type, reply.headers)
+        answered: asyncio.Future[WorkReply] = asyncio.get_running_loop().create_future()
+        dispatcher.submit(WorkRequest(body, content_type, accept, headers), partial(_resolve, answered))
+        await _send_reply(send, await answered)
 
-    def _run(
-        self, pipeline: Pipeline, body: bytes, content_type: str | None, accept: str | None, headers: Headers
-    ) -> Reply:
-        # On a handler thread. Timed here, not when queued, so /ping can tell a stuck handler from a backlog.
-        token = self._busy.start()
-        try:
-            return pipeline.invoke(body, content_type, accept, headers)
-        finally:
-            self._busy.finish(token)
+
+def _resolve(answered: asyncio.Future[WorkReply], reply: WorkReply) -> None:
+    # The request task may have been cancelled (server shutdown) while the handler ran.
+    if not answered.done():
+        answered.set_result(reply)
+
+
+async def _send_reply(send: Send, reply: WorkReply) -> None:
+    # What the server turns into model latency, queue delay and batch size metrics.
+    timings = (
+        (MODEL_US_HEADER, str(reply.model_us).encode()),
+        (QUEUE_US_HEADER, str(reply.queue_us).encode()),
+        (BATCH_ROWS_HEADER, str(reply.batch_rows).encode()),
+    )
+    extra = (*reply.headers, *timings) if reply.headers else timings
+    await _respond(send, reply.status, reply.body, reply.content_type, extra)

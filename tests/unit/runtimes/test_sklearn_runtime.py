@@ -127,3 +127,25 @@ def test_input_and_output_use_the_shared_codecs() -> None:
     assert RUNTIME.output_fn(np.array([1, 0]), "text/csv; charset=utf-8") == (b"1\n0\n", "text/csv")
     assert RUNTIME.accept_media_type("*/*") == "application/json"
     RUNTIME.warm_up(object())
+
+
+def test_batch_rows_are_what_predict_would_see() -> None:
+    four = _Recorder(n_features_in=4)
+    assert np.shape(RUNTIME.batch_rows(np.array([1.0, 2.0, 3.0, 4.0]), four)) == (1, 4)
+    assert np.shape(RUNTIME.batch_rows(np.zeros((3, 4)), four)) == (3, 4)
+    assert np.shape(RUNTIME.batch_rows(np.array([1.0, 2.0, 3.0]), _Recorder(n_features_in=1))) == (3, 1)
+    assert np.shape(RUNTIME.batch_rows(np.array(["good movie", "bad movie"]), _Recorder())) == (2,)
+
+
+def test_input_that_is_not_rows_is_not_batched() -> None:
+    assert RUNTIME.batch_rows({"a": 1}, _Recorder()) is None
+    assert RUNTIME.batch_rows(np.float64(1.0), _Recorder()) is None
+    assert RUNTIME.batch_rows(np.array(1.0), _Recorder()) is None
+
+
+def test_predictions_of_joined_rows_split_back_equal_separate_predictions() -> None:
+    model = _fitted(3)
+    first, second = np.array([[0.1, 0.2, 0.3]]), np.array([[1.0, -1.0, 0.5], [2.0, 0.0, 0.0]])
+    joined = RUNTIME.predict_fn(np.concatenate([first, second]), model)
+    np.testing.assert_array_equal(joined[:1], RUNTIME.predict_fn(first, model))
+    np.testing.assert_array_equal(joined[1:], RUNTIME.predict_fn(second, model))

@@ -5,16 +5,19 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pytest
 
 from modelhost.runtimes import codecs
 from modelhost.worker.context import HandlerContext
+from modelhost.worker.dispatch import OneAtATimeDispatcher, WorkReply, WorkRequest
 from modelhost.worker.handler import HandlerFunction, UserHandlers
 from modelhost.worker.health import BusyClock, Phase
 from modelhost.worker.pipeline import Pipeline
 from modelhost.worker.server import ContractApp
 
 HANG_AFTER_S = 65.0
+Ready = Callable[[Pipeline], None]
 
 
 class FakeClock:
@@ -39,6 +42,9 @@ class EchoRuntime:
     def predict_fn(self, data: object, model: object) -> object:
         assert callable(model)
         return model(data)
+
+    def batch_rows(self, data: object, model: object) -> np.ndarray | None:
+        return data if isinstance(data, np.ndarray) and data.ndim >= 1 else None
 
     def output_fn(self, prediction: object, accept: str) -> tuple[bytes, str]:
         return codecs.encode(prediction, accept)
@@ -79,13 +85,32 @@ def busy(clock: FakeClock) -> BusyClock:
 
 
 @pytest.fixture
-def app(busy: BusyClock, clock: FakeClock) -> Iterator[ContractApp]:
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    # One loop for the whole test: dispatchers answer on the loop they were built with.
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def app(busy: BusyClock, clock: FakeClock) -> ContractApp:
+    return ContractApp(busy=busy, hang_after_s=HANG_AFTER_S, clock=clock)
+
+
+@pytest.fixture
+def ready(app: ContractApp, busy: BusyClock, loop: asyncio.AbstractEventLoop) -> Iterator[Ready]:
+    """Make ``app`` ready with a one-at-a-time dispatcher over the given pipeline."""
     with ThreadPoolExecutor(max_workers=1) as executor:
-        yield ContractApp(executor=executor, busy=busy, hang_after_s=HANG_AFTER_S, clock=clock)
+
+        def make_ready(pipeline: Pipeline) -> None:
+            app.set_ready(OneAtATimeDispatcher(pipeline=pipeline, executor=executor, busy=busy, loop=loop))
+
+        yield make_ready
 
 
 def call(
     app: ContractApp,
+    loop: asyncio.AbstractEventLoop,
     method: str,
     path: str,
     body: bytes = b"",
@@ -106,7 +131,7 @@ def call(
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": list(headers)}
-    asyncio.run(app(scope, receive, send))
+    loop.run_until_complete(app(scope, receive, send))
     start, body_message = sent
     assert start["type"] == "http.response.start"
     response_headers = dict(start["headers"])
@@ -114,47 +139,87 @@ def call(
     return start["status"], response_headers, body_message["body"]
 
 
-def test_ping_is_503_while_loading_and_200_once_ready(app: ContractApp) -> None:
-    assert call(app, "GET", "/ping")[0] == 503
-    app.set_ready(_pipeline())
-    status, _, body = call(app, "GET", "/ping")
+def test_ping_is_503_while_loading_and_200_once_ready(
+    app: ContractApp, loop: asyncio.AbstractEventLoop, ready: Ready
+) -> None:
+    assert call(app, loop, "GET", "/ping")[0] == 503
+    ready(_pipeline())
+    status, _, body = call(app, loop, "GET", "/ping")
     assert (status, body) == (200, b"")
     app.set_stopping()
     assert app.phase is Phase.STOPPING
-    assert call(app, "GET", "/ping")[0] == 503
+    assert call(app, loop, "GET", "/ping")[0] == 503
 
 
-def test_ping_is_503_while_a_prediction_is_stuck(app: ContractApp, busy: BusyClock, clock: FakeClock) -> None:
-    app.set_ready(_pipeline())
+def test_ping_is_503_while_a_prediction_is_stuck(
+    app: ContractApp, loop: asyncio.AbstractEventLoop, ready: Ready, busy: BusyClock, clock: FakeClock
+) -> None:
+    ready(_pipeline())
     token = busy.start()
     clock.now += HANG_AFTER_S
-    assert call(app, "GET", "/ping")[0] == 200
+    assert call(app, loop, "GET", "/ping")[0] == 200
     clock.now += 1.0
-    status, _, body = call(app, "GET", "/ping")
+    status, _, body = call(app, loop, "GET", "/ping")
     assert (status, body) == (503, b"ready (hung)")
     busy.finish(token)
-    assert call(app, "GET", "/ping")[0] == 200
+    assert call(app, loop, "GET", "/ping")[0] == 200
 
 
-def test_invocations_are_503_until_loaded(app: ContractApp) -> None:
-    status, _, body = call(app, "POST", "/invocations", b"[1]")
+def test_invocations_are_503_until_loaded(
+    app: ContractApp, loop: asyncio.AbstractEventLoop, ready: Ready
+) -> None:
+    status, _, body = call(app, loop, "POST", "/invocations", b"[1]")
     assert status == 503
     assert b"not loaded" in body
 
 
-def test_invocation_answers_with_the_encoded_prediction(app: ContractApp) -> None:
-    app.set_ready(_pipeline())
+def test_invocation_answers_with_the_encoded_prediction(
+    app: ContractApp, loop: asyncio.AbstractEventLoop, ready: Ready
+) -> None:
+    ready(_pipeline())
     status, headers, body = call(
-        app, "POST", "/invocations", b"1,2\n3,4", [(b"content-type", b"text/csv"), (b"accept", b"text/csv")]
+        app,
+        loop,
+        "POST",
+        "/invocations",
+        b"1,2\n3,4",
+        [(b"content-type", b"text/csv"), (b"accept", b"text/csv")],
     )
     assert (status, body) == (200, b"2.0,4.0\n6.0,8.0\n")
     assert headers[b"content-type"] == b"text/csv"
     assert b"x-amzn-sagemaker-custom-attributes" not in {name.lower() for name in headers}
+    # What the server turns into latency and batch metrics.
+    assert headers[b"x-modelhost-batch-rows"] == b"2"
+    assert int(headers[b"x-modelhost-queue-us"]) >= 0
+    assert int(headers[b"x-modelhost-model-us"]) >= 0
 
 
-def test_body_in_several_chunks(app: ContractApp) -> None:
-    app.set_ready(_pipeline())
-    status, _, body = call(app, "POST", "/invocations", chunks=[b"[[1,", b" 2]", b"]"])
+def test_replies_come_from_whatever_dispatcher_is_set(
+    app: ContractApp, loop: asyncio.AbstractEventLoop
+) -> None:
+    class Canned:
+        def submit(self, request: WorkRequest, done: Callable[[WorkReply], None]) -> None:
+            reply = WorkReply(
+                201, request.body[::-1], b"x/y", ((b"x-extra", b"1"),), queue_us=7, model_us=11, batch_rows=3
+            )
+            loop.call_soon(done, reply)
+
+    app.set_ready(Canned())
+    status, headers, body = call(app, loop, "POST", "/invocations", b"abc", [(b"content-type", b"x/y")])
+    assert (status, body) == (201, b"cba")
+    assert headers == {
+        b"content-type": b"x/y",
+        b"content-length": b"3",
+        b"x-extra": b"1",
+        b"x-modelhost-model-us": b"11",
+        b"x-modelhost-queue-us": b"7",
+        b"x-modelhost-batch-rows": b"3",
+    }
+
+
+def test_body_in_several_chunks(app: ContractApp, loop: asyncio.AbstractEventLoop, ready: Ready) -> None:
+    ready(_pipeline())
+    status, _, body = call(app, loop, "POST", "/invocations", chunks=[b"[[1,", b" 2]", b"]"])
     assert (status, body) == (200, b"[[2,4]]")
 
 
@@ -168,34 +233,42 @@ def test_body_in_several_chunks(app: ContractApp) -> None:
     ],
 )
 def test_client_errors(
-    app: ContractApp, headers: list[tuple[bytes, bytes]], body: bytes, status: int, message: bytes
+    app: ContractApp,
+    loop: asyncio.AbstractEventLoop,
+    ready: Ready,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    status: int,
+    message: bytes,
 ) -> None:
-    app.set_ready(_pipeline())
-    answer = call(app, "POST", "/invocations", body, headers)
+    ready(_pipeline())
+    answer = call(app, loop, "POST", "/invocations", body, headers)
     assert answer[0] == status
     assert message in answer[2]
     assert answer[1][b"content-type"].startswith(b"text/plain")
 
 
 def test_model_errors_are_500_with_type_and_message(
-    app: ContractApp, capsys: pytest.CaptureFixture[str]
+    app: ContractApp, loop: asyncio.AbstractEventLoop, ready: Ready, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    app.set_ready(_pipeline(model=_fail))
-    status, headers, body = call(app, "POST", "/invocations", b"[1]")
+    ready(_pipeline(model=_fail))
+    status, headers, body = call(app, loop, "POST", "/invocations", b"[1]")
     assert (status, body) == (500, b"RuntimeError: the model exploded")
     assert headers[b"content-type"].startswith(b"text/plain")
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_custom_attributes_set_by_the_handler_are_returned(app: ContractApp) -> None:
+def test_custom_attributes_set_by_the_handler_are_returned(
+    app: ContractApp, loop: asyncio.AbstractEventLoop, ready: Ready
+) -> None:
     def output_fn(prediction: object, accept: str, context: HandlerContext) -> tuple[bytes, str]:
         context.set_custom_attributes(f"seen={context.custom_attributes}")
         return b"ok", "text/plain"
 
     handlers = UserHandlers(output_fn=HandlerFunction("output_fn", output_fn, takes_context=True))
-    app.set_ready(_pipeline(handlers=handlers))
+    ready(_pipeline(handlers=handlers))
     status, headers, body = call(
-        app, "POST", "/invocations", b"[1]", [(b"x-amzn-sagemaker-custom-attributes", b"a=1")]
+        app, loop, "POST", "/invocations", b"[1]", [(b"x-amzn-sagemaker-custom-attributes", b"a=1")]
     )
     assert (status, body) == (200, b"ok")
     assert headers[b"X-Amzn-SageMaker-Custom-Attributes"] == b"seen=a=1"
@@ -210,6 +283,8 @@ def test_custom_attributes_set_by_the_handler_are_returned(app: ContractApp) -> 
         ("POST", "/ping", 405),
     ],
 )
-def test_other_routes(app: ContractApp, method: str, path: str, status: int) -> None:
-    app.set_ready(_pipeline())
-    assert call(app, method, path)[0] == status
+def test_other_routes(
+    app: ContractApp, loop: asyncio.AbstractEventLoop, ready: Ready, method: str, path: str, status: int
+) -> None:
+    ready(_pipeline())
+    assert call(app, loop, method, path)[0] == status

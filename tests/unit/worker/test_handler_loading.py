@@ -143,3 +143,42 @@ def test_helper_modules_next_to_the_handler_import(model_dir: Path, write_handle
     handlers = load_user_handlers(model_dir, None)
     assert handlers.predict_fn is not None
     assert handlers.predict_fn.fn(2, None) == 6
+
+
+# --- the batch contract -------------------------------------------------------------------------------------
+
+
+def test_supports_batching_is_read_from_the_module(model_dir: Path, write_handler: WriteHandler) -> None:
+    write_handler("SUPPORTS_BATCHING = True\n\ndef predict_fn(data, model):\n    return data\n")
+    assert load_user_handlers(model_dir, None).supports_batching
+
+
+def test_without_the_flag_handlers_do_not_batch(model_dir: Path, write_handler: WriteHandler) -> None:
+    write_handler("def predict_fn(data, model):\n    return data\n")
+    assert not load_user_handlers(model_dir, None).supports_batching
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("SUPPORTS_BATCHING = 'yes'\n", "SUPPORTS_BATCHING in {path} is 'yes'; set it to True"),
+        (
+            "SUPPORTS_BATCHING = True\n\ndef transform_fn(model, input_data, content_type, accept):\n"
+            "    return b''\n",
+            "{path} sets SUPPORTS_BATCHING = True but defines transform_fn, which always runs one request",
+        ),
+        (
+            "SUPPORTS_BATCHING = True\n\ndef predict_fn(data, model, context):\n    return data\n",
+            "{path} sets SUPPORTS_BATCHING = True but predict_fn takes a context, which belongs to a single "
+            "request",
+        ),
+    ],
+    ids=["not-a-bool", "transform_fn", "predict_fn-with-context"],
+)
+def test_batch_contract_violations_are_load_failures(
+    model_dir: Path, write_handler: WriteHandler, source: str, message: str
+) -> None:
+    path = write_handler(source)
+    with pytest.raises(LoadFailure) as caught:
+        load_user_handlers(model_dir, None)
+    assert caught.value.message.startswith(message.format(path=path))

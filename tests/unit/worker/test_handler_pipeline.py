@@ -299,3 +299,43 @@ def test_invalid_utf8_for_a_user_input_fn_is_undecodable(
     )
     with pytest.raises(UndecodableBody, match="not valid UTF-8"):
         load_pipeline(make_options()).invoke(b"\xff", "text/csv", None, [])
+
+
+# --- the batch contract -------------------------------------------------------------------------------------
+
+
+def test_runtime_defaults_take_batches(make_options: MakeOptions, regression: object) -> None:
+    assert load_pipeline(make_options()).unbatchable_reason is None
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (
+            "def predict_fn(data, model):\n    return model.predict(data)\n",
+            "the handler's predict_fn does not declare SUPPORTS_BATCHING = True",
+        ),
+        (
+            "def transform_fn(model, input_data, content_type, accept):\n    return b''\n",
+            "the handler defines transform_fn, which always runs one request at a time",
+        ),
+        ("SUPPORTS_BATCHING = True\n\ndef predict_fn(data, model):\n    return model.predict(data)\n", None),
+        # Overriding only the codecs keeps the runtime's batching predict_fn.
+        ("def output_fn(prediction, accept):\n    return str(prediction)\n", None),
+    ],
+)
+def test_user_handlers_take_batches_only_when_they_say_so(
+    make_options: MakeOptions,
+    write_handler: WriteHandler,
+    regression: object,
+    source: str,
+    reason: str | None,
+) -> None:
+    write_handler(source)
+    assert load_pipeline(make_options()).unbatchable_reason == reason
+
+
+def test_invoke_reports_the_rows_it_predicted(make_options: MakeOptions, regression: object) -> None:
+    pipeline = load_pipeline(make_options())
+    assert pipeline.invoke(b"[[1, 2], [3, 4], [5, 6]]", None, None, []).rows == 3
+    assert pipeline.invoke(b"[1, 2]", None, None, []).rows == 1

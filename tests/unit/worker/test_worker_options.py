@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from modelhost.worker.options import WorkerOptions, parse_options
+from modelhost.worker.batching import BatchPolicy
+from modelhost.worker.options import InvalidEnvironment, WorkerOptions, parse_options
 
 ARGV = [
     "--socket", "/run/w.sock",
@@ -55,3 +56,69 @@ def test_non_positive_timeout_is_refused() -> None:
     argv[argv.index("--timeout-s") + 1] = "0"
     with pytest.raises(SystemExit):
         parse_options(argv, {})
+
+
+# --- dynamic batching from the container's Environment ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "policy"),
+    [
+        ({}, None),
+        ({"MODELHOST_MAX_BATCH_SIZE": ""}, None),
+        ({"MODELHOST_MAX_BATCH_SIZE": "1", "MODELHOST_MAX_BATCH_DELAY_US": "500"}, None),
+        # Server-wide defaults may set the delay and preferred sizes for models that do not batch.
+        ({"MODELHOST_MAX_BATCH_DELAY_US": "500", "MODELHOST_PREFERRED_BATCH_SIZES": "64"}, None),
+        ({"MODELHOST_MAX_BATCH_SIZE": "32"}, BatchPolicy(32)),
+        (
+            {
+                "MODELHOST_MAX_BATCH_SIZE": " 64 ",
+                "MODELHOST_MAX_BATCH_DELAY_US": "5000",
+                "MODELHOST_PREFERRED_BATCH_SIZES": "32, 8,,16,8",
+            },
+            BatchPolicy(64, 5000, (8, 16, 32)),
+        ),
+    ],
+)
+def test_batch_policy_from_the_environment(environ: dict[str, str], policy: BatchPolicy | None) -> None:
+    assert parse_options(ARGV, environ).batching == policy
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"MODELHOST_MAX_BATCH_SIZE": "lots"},
+            "MODELHOST_MAX_BATCH_SIZE must be a whole number of rows, at least 1, not 'lots'",
+        ),
+        (
+            {"MODELHOST_MAX_BATCH_SIZE": "0"},
+            "MODELHOST_MAX_BATCH_SIZE must be a whole number of rows, at least 1, not '0'",
+        ),
+        (
+            {"MODELHOST_MAX_BATCH_SIZE": "8", "MODELHOST_MAX_BATCH_DELAY_US": "1.5"},
+            "MODELHOST_MAX_BATCH_DELAY_US must be a whole number of microseconds, at least 0, not '1.5'",
+        ),
+        (
+            {"MODELHOST_MAX_BATCH_SIZE": "8", "MODELHOST_MAX_BATCH_DELAY_US": "20000000"},
+            "MODELHOST_MAX_BATCH_DELAY_US is 20000000 microseconds, over the limit of 10000000 (10 s)",
+        ),
+        (
+            {"MODELHOST_MAX_BATCH_SIZE": "8", "MODELHOST_PREFERRED_BATCH_SIZES": "4,x"},
+            "MODELHOST_PREFERRED_BATCH_SIZES must be a whole number of rows each, comma-separated, at least "
+            "1, not 'x'",
+        ),
+        (
+            {"MODELHOST_MAX_BATCH_SIZE": "8", "MODELHOST_PREFERRED_BATCH_SIZES": "4,16,32"},
+            "MODELHOST_PREFERRED_BATCH_SIZES holds 16, 32, more than MODELHOST_MAX_BATCH_SIZE (8)",
+        ),
+    ],
+)
+def test_bad_batching_values_are_load_failures_naming_the_variable(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(InvalidEnvironment) as caught:
+        parse_options(ARGV, environ)
+    assert caught.value.message.startswith(message)
+    assert caught.value.message.endswith("Fix the model's container Environment (docs/batching.md)")
+    assert caught.value.failure_file == Path("/run/failure")

@@ -1,0 +1,146 @@
+"""The worker's data plane: one invocation in, one reply out, whatever the transport.
+
+Transports (the HTTP contract app in ``server.py`` today) call a ``Dispatcher``; this module holds the
+one-at-a-time dispatcher and the one table from pipeline errors to container-contract statuses. The batching
+dispatcher lives in ``batcher.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol
+
+from modelhost.errors import ModelhostError
+from modelhost.runtimes.codecs import CodecError, UndecodableBody, UnsupportedAccept, UnsupportedContentType
+from modelhost.worker.failure import describe_exception
+from modelhost.worker.health import BusyClock
+from modelhost.worker.pipeline import HandlerFailed, Pipeline
+
+Headers = Sequence[tuple[bytes, bytes]]
+TEXT = b"text/plain; charset=utf-8"
+
+# The one error → status table of the container contract, most specific first.
+ERROR_STATUS: dict[type[ModelhostError], int] = {
+    UndecodableBody: 400,
+    UnsupportedAccept: 406,
+    UnsupportedContentType: 415,
+    CodecError: 400,
+    HandlerFailed: 500,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkRequest:
+    """One invocation as the transport received it."""
+
+    body: bytes
+    content_type: str | None  # None: the default (JSON)
+    accept: str | None  # None or */*: SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT
+    headers: Headers  # raw request headers, for handlers that read their context
+
+
+@dataclass(frozen=True, slots=True)
+class WorkReply:
+    """The answer to one invocation, with what the server turns into latency and batch metrics."""
+
+    status: int
+    body: bytes
+    content_type: bytes
+    headers: Headers  # set by the handler through its context (custom attributes, ...)
+    queue_us: int  # waiting: for a handler thread, then for its batch to start
+    model_us: int  # working: in handler code for it (input_fn, its batch's predict_fn, output_fn)
+    batch_rows: int  # rows in the predict_fn call that served it; 0 when none ran for it
+
+
+Done = Callable[[WorkReply], None]
+
+
+class Dispatcher(Protocol):
+    """Runs invocations through the pipeline for a transport. Needs no task or future per request."""
+
+    def submit(self, request: WorkRequest, done: Done) -> None:
+        """Start ``request``. Called on the event loop thread.
+
+        ``done`` runs on the event loop thread exactly once, never before ``submit`` has returned. It must
+        not raise.
+        """
+        ...
+
+
+NOT_LOADED = WorkReply(503, b"The model is not loaded yet; retry once /ping answers 200", TEXT, (), 0, 0, 0)
+
+
+def status_for(exc: ModelhostError) -> int:
+    for kind in type(exc).__mro__:
+        status = ERROR_STATUS.get(kind)
+        if status is not None:
+            return status
+    return 500
+
+
+def error_reply(exc: ModelhostError, queue_us: int, model_us: int, batch_rows: int) -> WorkReply:
+    return WorkReply(
+        status_for(exc), exc.message.encode("utf-8", "replace"), TEXT, (), queue_us, model_us, batch_rows
+    )
+
+
+def unexpected_failure(exc: BaseException) -> HandlerFailed:
+    """A bug of ours rather than the handler's, still answered: a lost reply would hang the client."""
+    return HandlerFailed(f"The worker failed unexpectedly: {describe_exception(exc)}")
+
+
+class OneAtATimeDispatcher:
+    """Each request runs the whole pipeline alone on a handler thread.
+
+    For handlers without the batch contract (docs/batching.md), transform_fn, and models with batching off.
+    """
+
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        executor: Executor,
+        busy: BusyClock,
+        loop: asyncio.AbstractEventLoop,
+        clock_ns: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self._pipeline = pipeline
+        self._executor = executor
+        self._busy = busy
+        self._loop = loop
+        self._clock_ns = clock_ns
+
+    def submit(self, request: WorkRequest, done: Done) -> None:
+        self._executor.submit(self._run, request, done, self._clock_ns())
+
+    def _run(self, request: WorkRequest, done: Done, submitted_ns: int) -> None:
+        # On a handler thread. Timed here, not when queued, so /ping can tell a stuck handler from a backlog.
+        started_ns = self._clock_ns()
+        token = self._busy.start()
+        try:
+            reply = self._pipeline.invoke(request.body, request.content_type, request.accept, request.headers)
+        except ModelhostError as exc:
+            result = error_reply(exc, _us(started_ns - submitted_ns), _us(self._clock_ns() - started_ns), 0)
+        except Exception as exc:
+            result = error_reply(unexpected_failure(exc), 0, 0, 0)
+        else:
+            result = WorkReply(
+                200,
+                reply.body,
+                reply.content_type,
+                reply.headers,
+                _us(started_ns - submitted_ns),
+                _us(self._clock_ns() - started_ns),
+                reply.rows,
+            )
+        finally:
+            self._busy.finish(token)
+        self._loop.call_soon_threadsafe(done, result)
+
+
+def _us(ns: int) -> int:
+    return ns // 1000
