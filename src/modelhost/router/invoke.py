@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from modelhost.errors import ModelInvocationError, ModelNotReady, ServiceUnavailable, ValidationError
@@ -35,6 +36,9 @@ class InvokeResult:
     content_type: str | None
     custom_attributes: str | None
     model_latency_us: int
+    # As the instance reports them (x-modelhost-* headers; None from instances that do not).
+    queue_us: int | None = None
+    batch_rows: int | None = None
 
 
 class Router:
@@ -157,6 +161,7 @@ class Router:
         finally:
             handle.release()
         latency_us = (time.perf_counter_ns() - started) // 1000
+        handle.waiting = _int_header(resp.headers, "x-modelhost-waiting") or 0
         if resp.status >= 300:
             raise self._model_error(handle, resp.status, resp.body.decode("utf-8", "replace"))
         return InvokeResult(
@@ -165,6 +170,8 @@ class Router:
             content_type=resp.headers.get("content-type"),
             custom_attributes=resp.headers.get(_CUSTOM_ATTRIBUTES),
             model_latency_us=latency_us,
+            queue_us=_int_header(resp.headers, "x-modelhost-queue-us"),
+            batch_rows=_int_header(resp.headers, "x-modelhost-batch-rows"),
         )
 
     def _model_error(self, handle: InstanceHandle, status: int, message: str) -> ModelInvocationError:
@@ -174,3 +181,13 @@ class Router:
             f"See {handle.log_stream_arn} in account {self._account} for more information."
         )
         return ModelInvocationError(text, status, message, handle.log_stream_arn, handle.variant)
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None  # a bring-your-own server's header of the same name is not ours to trust

@@ -12,7 +12,7 @@ from modelhost.router.instance_client import InstanceClient
 class InstanceHandle:
     """One routable instance. Outlives table rebuilds, so its outstanding count stays true across them."""
 
-    __slots__ = ("_idle", "client", "draining", "id", "log_stream_arn", "outstanding", "variant")
+    __slots__ = ("_idle", "client", "draining", "id", "log_stream_arn", "outstanding", "variant", "waiting")
 
     def __init__(self, id: str, variant: str, client: InstanceClient, log_stream_arn: str) -> None:
         self.id = id
@@ -20,6 +20,8 @@ class InstanceHandle:
         self.client = client
         self.log_stream_arn = log_stream_arn
         self.outstanding = 0
+        # Requests the instance said were waiting for a handler when it last answered (its own gauge).
+        self.waiting = 0
         self.draining = False
         self._idle: asyncio.Event | None = None
 

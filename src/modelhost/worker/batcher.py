@@ -131,6 +131,10 @@ class BatchingDispatcher:
             self._incoming.append(received)
             self._wake.notify()
 
+    def waiting(self) -> int:
+        # Unlocked reads of three sizes: a gauge may be a request off, never blocks a handler thread.
+        return len(self._incoming) + self._decoding + len(self._queue)
+
     def close(self, timeout_s: float | None = None) -> None:
         """Stop the threads once the work in hand is done. Queued requests still get answers first."""
         with self._wake:

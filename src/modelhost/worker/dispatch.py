@@ -8,6 +8,7 @@ dispatcher lives in ``batcher.py``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -70,6 +71,10 @@ class Dispatcher(Protocol):
         """
         ...
 
+    def waiting(self) -> int:
+        """Requests submitted whose handler has not started yet (a gauge: exact enough, never locked)."""
+        ...
+
 
 NOT_LOADED = WorkReply(503, b"The model is not loaded yet; retry once /ping answers 200", TEXT, (), 0, 0, 0)
 
@@ -113,13 +118,22 @@ class OneAtATimeDispatcher:
         self._busy = busy
         self._loop = loop
         self._clock_ns = clock_ns
+        self._submitted = 0  # written on the loop thread only
+        # next() on a count is atomic under the GIL, where `+= 1` from several handler threads is not.
+        self._start_counter = itertools.count(1)
+        self._started = 0
 
     def submit(self, request: WorkRequest, done: Done) -> None:
+        self._submitted += 1
         self._executor.submit(self._run, request, done, self._clock_ns())
+
+    def waiting(self) -> int:
+        return max(0, self._submitted - self._started)
 
     def _run(self, request: WorkRequest, done: Done, submitted_ns: int) -> None:
         # On a handler thread. Timed here, not when queued, so /ping can tell a stuck handler from a backlog.
         started_ns = self._clock_ns()
+        self._started = next(self._start_counter)
         token = self._busy.start()
         try:
             reply = self._pipeline.invoke(request.body, request.content_type, request.accept, request.headers)

@@ -28,6 +28,7 @@ log = logging.getLogger("modelhost.worker")
 MODEL_US_HEADER = b"x-modelhost-model-us"
 QUEUE_US_HEADER = b"x-modelhost-queue-us"
 BATCH_ROWS_HEADER = b"x-modelhost-batch-rows"
+WAITING_HEADER = b"x-modelhost-waiting"
 
 
 class _ClientGone(Exception):
@@ -147,7 +148,8 @@ class ContractApp:
             return
         answered: asyncio.Future[WorkReply] = asyncio.get_running_loop().create_future()
         dispatcher.submit(WorkRequest(body, content_type, accept, headers), partial(_resolve, answered))
-        await _send_reply(send, await answered)
+        reply = await answered
+        await _send_reply(send, reply, dispatcher.waiting())
 
 
 def _resolve(answered: asyncio.Future[WorkReply], reply: WorkReply) -> None:
@@ -156,12 +158,13 @@ def _resolve(answered: asyncio.Future[WorkReply], reply: WorkReply) -> None:
         answered.set_result(reply)
 
 
-async def _send_reply(send: Send, reply: WorkReply) -> None:
+async def _send_reply(send: Send, reply: WorkReply, waiting: int = 0) -> None:
     # What the server turns into model latency, queue delay and batch size metrics.
     timings = (
         (MODEL_US_HEADER, str(reply.model_us).encode()),
         (QUEUE_US_HEADER, str(reply.queue_us).encode()),
         (BATCH_ROWS_HEADER, str(reply.batch_rows).encode()),
+        (WAITING_HEADER, str(waiting).encode()),
     )
     extra = (*reply.headers, *timings) if reply.headers else timings
     await _respond(send, reply.status, reply.body, reply.content_type, extra)

@@ -204,6 +204,9 @@ def test_replies_come_from_whatever_dispatcher_is_set(
             )
             loop.call_soon(done, reply)
 
+        def waiting(self) -> int:
+            return 5
+
     app.set_ready(Canned())
     status, headers, body = call(app, loop, "POST", "/invocations", b"abc", [(b"content-type", b"x/y")])
     assert (status, body) == (201, b"cba")
@@ -213,6 +216,7 @@ def test_replies_come_from_whatever_dispatcher_is_set(
         b"x-extra": b"1",
         b"x-modelhost-model-us": b"11",
         b"x-modelhost-queue-us": b"7",
+        b"x-modelhost-waiting": b"5",
         b"x-modelhost-batch-rows": b"3",
     }
 
