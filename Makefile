@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup run test unit integration e2e lint typecheck bench clean
+.PHONY: setup run test unit integration e2e lint typecheck bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,12 @@ test: $(STAMP) lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/invoke_latency.py
+
+# Side by side with the peer servers (installed into their own venvs by the benchmark), a PyTorch MLP and a
+# payload sweep. torch is only for this target: the CPU build, pinned so pip never pulls the CUDA one.
+bench-peers: $(STAMP)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python bench/peers_bench.py
 
 clean:
 	rm -rf $(VENV) modelhost-data .pytest_cache .mypy_cache .ruff_cache

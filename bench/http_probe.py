@@ -37,9 +37,9 @@ class Address:
         return sock
 
 
-def _request(path: str, body: bytes) -> bytes:
+def _request(path: str, body: bytes, content_type: str = "application/json") -> bytes:
     head = (
-        f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: {content_type}\r\n"
         f"content-length: {len(body)}\r\n\r\n"
     )
     return head.encode("latin-1") + body
@@ -92,9 +92,11 @@ def _exchange(sock: socket.socket, request: bytes) -> tuple[int, bytes]:
     return status, _read_at_least(sock, rest, length)[:length]
 
 
-def post_once(address: Address, path: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, bytes]:
+def post_once(
+    address: Address, path: str, body: bytes, timeout_s: float = 10.0, content_type: str = "application/json"
+) -> tuple[int, bytes]:
     with address.connect(timeout_s) as sock:
-        return _exchange(sock, _request(path, body))
+        return _exchange(sock, _request(path, body, content_type))
 
 
 def probe(

@@ -13,6 +13,7 @@ import signal
 import sys
 import tarfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,18 +35,25 @@ class Worker:
     socket_path: str
 
 
+def write_tarball(data_dir: Path, url: str, files: Mapping[str, bytes]) -> Path:
+    """``files`` (path in the artifact → content) as the ``model.tar.gz`` the local object store serves at
+    ``url`` (``s3://bucket/key``)."""
+    dest = data_dir / "buckets" / url[len("s3://") :]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(dest, "w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return dest
+
+
 def write_artifact(data_dir: Path, model: Any) -> Path:
     """``model.joblib`` inside ``model.tar.gz`` where the local object store serves MODEL_URL from."""
-    dest = data_dir / "buckets" / MODEL_URL[len("s3://") :]
-    dest.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     joblib.dump(model, buf)
-    with tarfile.open(dest, "w:gz") as tar:
-        info = tarfile.TarInfo("model.joblib")
-        info.size = len(buf.getvalue())
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(buf.getvalue()))
-    return dest
+    return write_tarball(data_dir, MODEL_URL, {"model.joblib": buf.getvalue()})
 
 
 class Modelhost:
@@ -86,14 +94,19 @@ class Modelhost:
     def invocations_path(self, endpoint: str) -> str:
         return f"/endpoints/{endpoint}/invocations"
 
-    def deploy(self, endpoint: str, instances: int) -> float:
+    def deploy(
+        self,
+        endpoint: str,
+        instances: int,
+        model_url: str = MODEL_URL,
+        environment: Mapping[str, str] | None = None,
+    ) -> float:
         """CreateModel, CreateEndpointConfig, CreateEndpoint, then the InService waiter; returns seconds."""
         started = time.monotonic()
-        self._sm.create_model(
-            ModelName=endpoint,
-            ExecutionRoleArn=ROLE,
-            PrimaryContainer={"Image": "sklearn", "ModelDataUrl": MODEL_URL},
-        )
+        container: dict[str, Any] = {"Image": "sklearn", "ModelDataUrl": model_url}
+        if environment:
+            container["Environment"] = dict(environment)
+        self._sm.create_model(ModelName=endpoint, ExecutionRoleArn=ROLE, PrimaryContainer=container)
         self._sm.create_endpoint_config(
             EndpointConfigName=endpoint + "-cfg",
             ProductionVariants=[

@@ -1,10 +1,11 @@
--- wrk script for bench/invoke_latency.py: POST the JSON body in $BENCH_BODY_FILE, then print one line of JSON
--- (prefixed WRKJSON) with wrk's own latency distribution, so the driver need not parse wrk's text table.
+-- wrk script for the benchmarks: POST the body in $BENCH_BODY_FILE (Content-Type $BENCH_CONTENT_TYPE, JSON by
+-- default), then print one line of JSON (prefixed WRKJSON) with wrk's own latency distribution, so the driver
+-- need not parse wrk's text table.
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "application/json"
 
 function done(summary, latency, requests)
   local e = summary.errors

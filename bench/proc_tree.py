@@ -19,6 +19,14 @@ def _stat_fields(pid: int) -> list[str]:
     return text[text.rindex(")") + 2 :].split()
 
 
+def alive(pid: int) -> bool:
+    """Running (not exited and waiting to be reaped)."""
+    try:
+        return _stat_fields(pid)[0] not in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one live process, in seconds; 0 if it is gone."""
     try:
@@ -51,6 +59,34 @@ def children(parent: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def process_tree(leader: int) -> list[int]:
+    """``leader``, every process of its session and all their descendants: a peer server with its sidecars.
+
+    Servers start in their own session, so the session catches daemons that were re-parented to init; the
+    descendants catch children that started sessions of their own (modelhost's workers).
+    """
+    parents: dict[int, int] = {}
+    found = {leader}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(int(entry.name))
+        except (OSError, ValueError):
+            continue
+        if fields[0] in ("Z", "X"):  # exited, waiting to be reaped: no CPU or memory to count
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        if int(fields[3]) == leader:
+            found.add(int(entry.name))
+    grew = True
+    while grew:
+        added = {pid for pid, ppid in parents.items() if ppid in found and pid not in found}
+        found |= added
+        grew = bool(added)
+    return sorted(pid for pid in found if pid in parents)
 
 
 def cmdline(pid: int) -> list[str]:

@@ -71,6 +71,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        except BaseException:
+            proc.kill()  # Ctrl-C or SIGTERM during the grace: do not leave the server behind
+            raise
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""

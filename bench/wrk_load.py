@@ -40,7 +40,9 @@ def require_wrk() -> str:
     return path
 
 
-def run_wrk(url: str, body_file: Path, connections: int, duration_s: float) -> WrkResult:
+def run_wrk(
+    url: str, body_file: Path, connections: int, duration_s: float, content_type: str = "application/json"
+) -> WrkResult:
     """``connections`` keep-alive connections for ``duration_s``; one wrk thread up to c=1, two beyond."""
     threads = 1 if connections < 2 else 2
     argv = [
@@ -61,7 +63,7 @@ def run_wrk(url: str, body_file: Path, connections: int, duration_s: float) -> W
         capture_output=True,
         text=True,
         timeout=duration_s + 30,
-        env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
+        env={**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_CONTENT_TYPE": content_type},
         check=False,
     )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
