@@ -7,10 +7,9 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-
-import uvicorn
 
 from modelhost.api.app import App
 from modelhost.api.logs import LogsApi
@@ -20,6 +19,7 @@ from modelhost.api.sagemaker_json import SAGEMAKER_OPERATIONS, ControlPlaneApi, 
 from modelhost.clock import SystemClock
 from modelhost.controller.fleet import Fleet
 from modelhost.controlplane.context import ControlPlaneContext
+from modelhost.http import ServerOptions, start_server
 from modelhost.instances.catalog import InstanceCatalog, Resources
 from modelhost.instances.local import LocalBackend
 from modelhost.instances.placement import HostCapacity
@@ -83,7 +83,7 @@ async def serve(settings: Settings) -> None:
         live=fleet,
         wake_controller=fleet.wake,
     )
-    metrics = InvocationMetrics()
+    metrics = InvocationMetrics(table)
     router = Router(
         table,
         settings.account_id,
@@ -96,31 +96,51 @@ async def serve(settings: Settings) -> None:
         LogsApi(settings.data_dir / "logs"),
         metrics,
     )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="none",
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=75,
+    options = ServerOptions(
+        max_body_bytes=app.max_body_bytes,
+        body_too_large=app.body_too_large,
+        idle_timeout_s=75.0,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
-    server = uvicorn.Server(config)
     await fleet.start()
     try:
+        try:
+            server = await start_server(app, host=settings.host, port=settings.port, options=options)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            raise SystemExit(1) from None
         log.info(
             "modelhost serving on http://%s:%d (data in %s)",
             settings.host,
             settings.port,
             settings.data_dir.resolve(),
         )
-        await server.serve()
+        await _until_signalled(loop)
+        log.info("shutting down")
+        server.close()
+        app.stop_streams()
+        await server.wait_closed()
+        await app.close()
     finally:
         await fleet.close()
         await loop.run_in_executor(db, store.close)
         db.shutdown(wait=True)
+
+
+async def _until_signalled(loop: asyncio.AbstractEventLoop) -> None:
+    """Return on the first SIGTERM or SIGINT; a second one gets the default action (stop at once)."""
+    stop = loop.create_future()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def on_signal() -> None:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal)
+    await stop
 
 
 def run(settings: Settings) -> None:

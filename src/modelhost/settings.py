@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         default=3, ge=1, description="consecutive failed pings before an instance is replaced"
     )
     stop_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM to SIGKILL when stopping")
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM, how long requests in flight may finish before their connections drop",
+    )
     restart_backoff_max_s: float = Field(
         default=30.0, gt=0, description="longest pause between relaunches of a crashing instance"
     )

@@ -171,6 +171,15 @@ def test_payload_limit(server: LiveServer, iris_url: str, name: str) -> None:
     assert "6291456" in e["Error"]["Message"]  # type: ignore[index]
 
 
+def test_payload_past_what_the_server_buffers_gets_the_same_error(server: LiveServer, name: str) -> None:
+    # Over 16 MiB the HTTP server does not even read the body; the answer is still SageMaker's, not a 413.
+    with pytest.raises(ClientError) as err:
+        server.rt.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body=b"1" * (17 * 1024 * 1024))
+    e = _error(err)
+    assert e["Error"]["Code"] == "ValidationError"  # type: ignore[index]
+    assert "6291456" in e["Error"]["Message"]  # type: ignore[index]
+
+
 def test_model_error_from_raising_handler(server: LiveServer, name: str) -> None:
     server.deploy(name, _artifact(server, name, RAISES))
     with pytest.raises(ClientError) as err:
@@ -231,3 +240,5 @@ def test_unknown_endpoint_and_metrics(server: LiveServer, iris_url: str, name: s
     assert f"InvocationModelErrors_total{{{labels}}} 3.0" in text
     assert f"Invocation4XXErrors_total{{{labels}}} 3.0" in text
     assert "ModelLatency_bucket" in text and "OverheadLatency_bucket" in text
+    assert f"modelhost_in_flight{{{labels}}} 0.0" in text
+    assert f"modelhost_queued{{{labels}}} 0.0" in text

@@ -21,9 +21,14 @@ _FOLLOW_INTERVAL_S = 0.5
 class LogsApi:
     def __init__(self, logs_dir: Path) -> None:
         self._dir = logs_dir
+        self._stopping = False
 
     def _streams(self, endpoint: str) -> list[Path]:
         return sorted((self._dir / endpoint).glob("*/*.log"), key=lambda p: p.stat().st_mtime)
+
+    def stop_following(self) -> None:
+        """Server shutdown: end every followed stream at its next poll instead of holding the shutdown."""
+        self._stopping = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
         query = parse_qs(scope.get("query_string", b"").decode())
@@ -33,6 +38,7 @@ class LogsApi:
             msg = f"No logs for endpoint {endpoint}: it does not exist or has not started an instance yet.\n"
             await respond(send, 404, msg.encode(), _TEXT)
             return
+        await receive()  # the (empty) request body: from now on receive() only says when the client left
         await send({"type": "http.response.start", "status": 200, "headers": _TEXT})
         offsets: dict[Path, int] = {}
         lines: list[str] = []
@@ -49,15 +55,20 @@ class LogsApi:
                 "more_body": follow,
             }
         )
-        while follow:
-            disconnect = asyncio.ensure_future(receive())
-            done, _ = await asyncio.wait({disconnect}, timeout=_FOLLOW_INTERVAL_S)
-            if done:
-                return
+        if not follow:
+            return
+        disconnect = asyncio.ensure_future(receive())
+        try:
+            while not self._stopping:
+                done, _ = await asyncio.wait({disconnect}, timeout=_FOLLOW_INTERVAL_S)
+                if done:
+                    return
+                chunk = self._read_new(endpoint, offsets)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
             disconnect.cancel()
-            chunk = self._read_new(endpoint, offsets)
-            if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     def _read_new(self, endpoint: str, offsets: dict[Path, int]) -> bytes:
         out: list[str] = []

@@ -1,20 +1,31 @@
 """The runtime edge: ``POST /endpoints/{name}/invocations`` as sagemaker-runtime's InvokeEndpoint.
 
-Hot path: headers are read in one pass, the body is forwarded untouched, and nothing here touches the
-database or formats a log line.
+Hot path, called by ``api/app.py`` straight from the HTTP server: headers are read in one pass, the body is
+forwarded untouched, and nothing here touches the database or formats a log line unless something broke.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Iterable
 
 import orjson
 
-from modelhost.api.asgi import BodyTooLarge, Receive, Scope, Send, read_body, respond
 from modelhost.api.errors import RUNTIME, lookup
 from modelhost.api.metrics import InvocationMetrics
-from modelhost.errors import ModelhostError, ModelInvocationError, ServiceUnavailable, ValidationError
+from modelhost.errors import (
+    InternalFailure,
+    ModelhostError,
+    ModelInvocationError,
+    ServiceUnavailable,
+    ValidationError,
+)
+from modelhost.http import Respond
 from modelhost.router.invoke import InvokeRequest, Router
+
+log = logging.getLogger("modelhost.api")
 
 _WANTED = {
     b"content-type",
@@ -40,29 +51,34 @@ _NOT_YET = {
 
 
 class RuntimeApi:
+    """InvokeEndpoint. Each invocation runs in a Task of its own, which this object owns until it ends."""
+
     def __init__(self, router: Router, metrics: InvocationMetrics, max_payload_bytes: int) -> None:
         self._router = router
         self._metrics = metrics
         self._max_payload = max_payload_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
-    async def invoke(self, scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
+    @property
+    def max_payload_bytes(self) -> int:
+        return self._max_payload
+
+    def invoke(
+        self, endpoint: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, respond: Respond
+    ) -> None:
+        """Start one invocation; it answers through ``respond``, at once if the request is invalid."""
         started = time.perf_counter_ns()
         h: dict[bytes, bytes] = {}
-        for k, v in scope["headers"]:
+        for k, v in headers:
             if k in _WANTED:
                 h[k] = v
-        variant: str | None = None
         try:
             for name, feature in _NOT_YET.items():
                 if name in h:
                     raise ValidationError(f"{feature} is not supported by modelhost yet.")
-            try:
-                body = await read_body(receive, self._max_payload)
-            except BodyTooLarge:
-                raise ValidationError(
-                    f"Request body is larger than the {self._max_payload} bytes InvokeEndpoint accepts. "
-                    "Send large payloads through asynchronous inference or batch transform."
-                ) from None
+            if len(body) > self._max_payload:
+                raise self._too_large()
             tv = h.get(b"x-amzn-sagemaker-target-variant")
             req = InvokeRequest(
                 endpoint=endpoint,
@@ -73,12 +89,45 @@ class RuntimeApi:
                 target_variant=tv.decode("latin-1") if tv is not None else None,
                 inference_id=h.get(b"x-amzn-sagemaker-inference-id"),
             )
-            variant = req.target_variant
+        except ModelhostError as exc:
+            self._fail(respond, exc, endpoint, None)
+            return
+        loop = self._loop
+        if loop is None:
+            # Kept, not looked up per request: on Python 3.11 get_running_loop makes a getpid system call.
+            loop = self._loop = asyncio.get_running_loop()
+        task = loop.create_task(self._invoke(req, respond, started))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    def reject_too_large(self, endpoint: str, respond: Respond) -> None:
+        """Answer a request whose body the HTTP server would not even buffer."""
+        self._fail(respond, self._too_large(), endpoint, None)
+
+    async def close(self) -> None:
+        """Cancel the invocations still running (after the server stopped waiting for them)."""
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _too_large(self) -> ValidationError:
+        return ValidationError(
+            f"Request body is larger than the {self._max_payload} bytes InvokeEndpoint accepts. "
+            "Send large payloads through asynchronous inference or batch transform."
+        )
+
+    async def _invoke(self, req: InvokeRequest, respond: Respond, started: int) -> None:
+        try:
             result = await self._router.invoke(req)
         except ModelhostError as exc:
-            await self._fail(send, exc, endpoint, variant)
+            self._fail(respond, exc, req.endpoint, req.target_variant)
             return
-        variant = result.variant
+        except Exception:
+            log.exception("InvokeEndpoint on %s failed", req.endpoint)
+            failure = InternalFailure("Internal failure; see the server log.")
+            self._fail(respond, failure, req.endpoint, req.target_variant)
+            return
         headers = [
             (b"content-type", (result.content_type or "application/octet-stream").encode("latin-1")),
             (b"x-amzn-invoked-production-variant", result.variant.encode("latin-1")),
@@ -87,14 +136,18 @@ class RuntimeApi:
             headers.append(
                 (b"x-amzn-sagemaker-custom-attributes", result.custom_attributes.encode("latin-1"))
             )
-        await respond(send, 200, result.body, headers)
-        m = self._metrics.variant(endpoint, variant)
+        respond(200, headers, result.body)
+        m = self._metrics.variant(req.endpoint, result.variant)
         m.invocations.inc()
         m.model_latency.observe(result.model_latency_us)
         total_us = (time.perf_counter_ns() - started) // 1000
         m.overhead_latency.observe(max(0, total_us - result.model_latency_us))
+        if result.batch_rows:
+            m.batch_rows.observe(result.batch_rows)
+        if result.queue_us is not None:
+            m.queue_delay.observe(result.queue_us)
 
-    async def _fail(self, send: Send, exc: ModelhostError, endpoint: str, variant: str | None) -> None:
+    def _fail(self, respond: Respond, exc: ModelhostError, endpoint: str, variant: str | None) -> None:
         wire = lookup(RUNTIME, exc)
         body: dict[str, object] = {"ErrorCode": wire.code, "message": exc.message, "Message": exc.message}
         headers = [(b"content-type", b"application/json"), (b"x-amzn-errortype", wire.code.encode())]
@@ -104,7 +157,7 @@ class RuntimeApi:
                 body["LogStreamArn"] = exc.log_stream_arn
         if isinstance(exc, ServiceUnavailable):
             headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
-        await respond(send, wire.status, orjson.dumps(body), headers)
+        respond(wire.status, headers, orjson.dumps(body))
         # Requests for unknown endpoints have no variant to count against.
         if isinstance(exc, ModelInvocationError):
             variant = exc.variant

@@ -19,6 +19,7 @@ from modelhost.api.validation import validate_request
 from modelhost.controlplane import endpoint_configs, endpoints, models, tags
 from modelhost.controlplane.context import ControlPlaneContext
 from modelhost.errors import ModelhostError, UnsupportedOperation, ValidationError
+from modelhost.http import Respond
 
 log = logging.getLogger("modelhost.api")
 Operation = Callable[[ControlPlaneContext, Mapping[str, Any]], dict[str, Any]]
@@ -44,7 +45,14 @@ SAGEMAKER_OPERATIONS: dict[str, Operation] = {
 }
 
 _JSON = [(b"content-type", b"application/x-amz-json-1.1")]
-_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+def _too_large() -> dict[str, str]:
+    return {
+        "__type": "ValidationException",
+        "message": f"Request body is larger than {MAX_REQUEST_BYTES} bytes.",
+    }
 
 
 class JsonService:
@@ -65,7 +73,7 @@ class ControlPlaneApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = (header(scope, b"x-amz-target") or b"").decode("latin-1")
         try:
-            body = await read_body(receive, _MAX_REQUEST_BYTES)
+            body = await read_body(receive, MAX_REQUEST_BYTES)
             status, out = 200, await self._dispatch(target, body)
         except ModelhostError as exc:
             wire = lookup(CONTROL_PLANE, exc)
@@ -73,13 +81,7 @@ class ControlPlaneApi:
                 log.error("%s failed: %s", target, exc.message)
             status, out = wire.status, {"__type": wire.code, "message": exc.message}
         except BodyTooLarge:
-            status, out = (
-                400,
-                {
-                    "__type": "ValidationException",
-                    "message": f"Request body is larger than {_MAX_REQUEST_BYTES} bytes.",
-                },
-            )
+            status, out = 400, _too_large()
         except Exception:
             log.exception("%s failed", target)
             status, out = (
@@ -87,6 +89,10 @@ class ControlPlaneApi:
                 {"__type": "InternalFailure", "message": "Internal failure; see the server log."},
             )
         await respond(send, status, orjson.dumps(out), _JSON)
+
+    def reject_too_large(self, respond: Respond) -> None:
+        """Answer a request whose body the HTTP server would not even buffer."""
+        respond(400, _JSON, orjson.dumps(_too_large()))
 
     async def _dispatch(self, target: str, body: bytes) -> dict[str, Any]:
         prefix, _, op_name = target.rpartition(".")
