@@ -1,7 +1,7 @@
 """The worker's life: listen at once, load the model in the background, serve, stop.
 
 Run by ``__main__`` on a uvloop event loop; builds the contract app, the handler pool, the dispatcher and
-uvicorn, and owns every way the process ends (SIGTERM/SIGINT, lifeline EOF, load failure).
+the HTTP server, and owns every way the process ends (SIGTERM/SIGINT, lifeline EOF, load failure).
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-import uvicorn
-from uvicorn.lifespan.off import LifespanOff
-
+from modelhost.http import Server, ServerOptions, start_server
 from modelhost.worker.batcher import BatchingDispatcher
 from modelhost.worker.dispatch import Dispatcher, OneAtATimeDispatcher
 from modelhost.worker.failure import LoadFailure, describe_exception, write_failure_file
@@ -39,6 +37,7 @@ log = logging.getLogger("modelhost.worker")
 _BACKLOG = 2048
 # Longer than the server's idle pooled connections live, so the worker is not the side that closes them.
 _KEEP_ALIVE_S = 75
+_MAX_BODY_BYTES = 1024**3
 
 
 def bind_unix_socket(path: Path) -> socket.socket:
@@ -56,31 +55,14 @@ def bind_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
-def build_uvicorn_server(app: ContractApp, options: WorkerOptions) -> uvicorn.Server:
-    """uvicorn with httptools, stripped of what the contract does not need on the hot path."""
-    config = uvicorn.Config(
-        app,
-        http="httptools",
-        ws="none",
-        lifespan="off",
-        interface="asgi3",
-        log_config=None,  # keep the worker's own one-line log format
-        log_level=logging.WARNING,
-        access_log=False,  # no per-request logging: the server measures and logs invocations
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,  # the Date header is refreshed by uvicorn's main loop, which we do not run
-        backlog=_BACKLOG,
-        timeout_keep_alive=_KEEP_ALIVE_S,
-        timeout_graceful_shutdown=math.ceil(options.timeout_s),
+def server_options(options: WorkerOptions) -> ServerOptions:
+    return ServerOptions(
+        # The server in front already enforces the API's payload limits; this is a backstop, large enough
+        # for asynchronous inference payloads.
+        max_body_bytes=_MAX_BODY_BYTES,
+        idle_timeout_s=_KEEP_ALIVE_S,
+        shutdown_grace_s=math.ceil(options.timeout_s),
     )
-    config.load()
-    server = uvicorn.Server(config)
-    # We drive startup()/shutdown() ourselves instead of serve(): serve() installs its own signal handlers,
-    # re-raises SIGTERM after shutdown (so the exit status would not be 0) and ticks a polling main loop.
-    # serve() would set .lifespan itself; startup() needs it.
-    server.lifespan = LifespanOff(config)
-    return server
 
 
 def _unlink(path: Path) -> None:
@@ -103,7 +85,7 @@ class WorkerProcess:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._exit_code = 0
-        self._server: uvicorn.Server | None = None
+        self._server: Server | None = None
 
     async def run(self) -> int:
         options = self._options
@@ -126,9 +108,8 @@ class WorkerProcess:
         executor = ThreadPoolExecutor(max_workers=options.prediction_threads, thread_name_prefix="handler")
         busy = BusyClock()
         app = ContractApp(busy=busy, hang_after_s=options.hang_after_s)
-        server = build_uvicorn_server(app, options)
+        server = await start_server(app, sock=sock, options=server_options(options))
         self._server = server
-        await server.startup(sockets=[sock])
         log.info(
             "listening on unix:%s (pid %d, %d handler threads)",
             options.socket_path,
@@ -154,7 +135,8 @@ class WorkerProcess:
             self._stop_reason,
             math.ceil(options.timeout_s),
         )
-        await server.shutdown(sockets=[sock])
+        server.close()
+        await server.wait_closed()
         _unlink(options.socket_path)
         log.info("stopped")
         return self._exit_code
@@ -227,10 +209,10 @@ class WorkerProcess:
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        if self._stop.is_set() and self._server is not None:
+        if self._stop.is_set():
             log.warning("%s again: not waiting for in-flight requests", name)
-            self._server.force_exit = True
-            return
+            flush_std_streams()
+            os._exit(self._exit_code)
         self._request_stop(f"{name} received")
 
     def _on_lifeline_eof(self) -> None:

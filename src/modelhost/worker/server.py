@@ -1,70 +1,44 @@
-"""The SageMaker container contract as a raw ASGI app: ``GET /ping`` and ``POST /invocations``.
+"""The SageMaker container contract as a handler on modelhost's lean HTTP server: ``GET /ping`` and
+``POST /invocations``.
 
-Served by uvicorn on the worker's unix socket; the lifecycle flips it to ready once the model is loaded.
-This is the worker's HTTP edge: it parses, hands the invocation to a ``Dispatcher`` (``dispatch.py``, which
-maps pipeline errors to statuses) and writes the reply. No per-request logging.
+The lifecycle flips it to ready once the model is loaded. Invocations are fully callback-driven: the request
+goes to the dispatcher and its reply is written from the dispatcher's callback, with no task per request.
+This is the worker's HTTP edge: the one place that maps replies to statuses. No per-request logging.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
 
-from modelhost.worker.dispatch import NOT_LOADED, TEXT, Dispatcher, WorkReply, WorkRequest
+from modelhost.http import Request, Responder
+from modelhost.worker.dispatch import NOT_LOADED, Dispatcher, WorkReply, WorkRequest
 from modelhost.worker.health import BusyClock, Phase, is_healthy, is_hung
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = Sequence[tuple[bytes, bytes]]
 
 log = logging.getLogger("modelhost.worker")
 
+_TEXT = b"text/plain; charset=utf-8"
 MODEL_US_HEADER = b"x-modelhost-model-us"
 QUEUE_US_HEADER = b"x-modelhost-queue-us"
 BATCH_ROWS_HEADER = b"x-modelhost-batch-rows"
 WAITING_HEADER = b"x-modelhost-waiting"
 
 
-class _ClientGone(Exception):
-    """The client disconnected before sending the whole body."""
-
-
-async def _read_body(receive: Receive) -> bytes:
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise _ClientGone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body  # the common case: the whole body in one message, no copy
-    chunks = [body]
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, content_type: bytes = TEXT, extra_headers: Headers = ()
+def _respond(
+    responder: Responder,
+    status: int,
+    body: bytes,
+    content_type: bytes = _TEXT,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    # Content-Length is always set: without it uvicorn would fall back to chunked encoding.
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if extra_headers:
-        headers.extend(extra_headers)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    # The responder adds Content-Length.
+    responder.send(status, [(b"content-type", content_type), *extra_headers], body)
 
 
 class ContractApp:
-    """ASGI app of one worker. Invocations go to the dispatcher; the event loop only moves bytes."""
+    """The handler of one worker. Invocations go to the dispatcher; the event loop only moves bytes."""
 
     def __init__(
         self,
@@ -92,20 +66,19 @@ class ContractApp:
         # In-flight and already-connected requests still complete; /ping tells the server we are going.
         self._phase = Phase.STOPPING
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return  # lifespan is off and websockets are disabled: nothing else reaches here
-        path = scope["path"]
-        if path == "/invocations":
-            await self._invocations(scope, receive, send)
-        elif path == "/ping":
-            await self._ping(scope, send)
+    def __call__(self, request: Request, responder: Responder) -> None:
+        path = request.path
+        if path == b"/invocations":
+            self._invocations(request, responder)
+        elif path == b"/ping":
+            self._ping(request, responder)
         else:
-            await _respond(send, 404, f"No route for {path}: try /ping or /invocations".encode())
+            message = f"No route for {path.decode('latin-1')}: try /ping or /invocations"
+            _respond(responder, 404, message.encode())
 
-    async def _ping(self, scope: Scope, send: Send) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
-            await _respond(send, 405, b"Use GET /ping")
+    def _ping(self, request: Request, responder: Responder) -> None:
+        if request.method not in (b"GET", b"HEAD"):
+            _respond(responder, 405, b"Use GET /ping")
             return
         oldest = self._busy.oldest_start()
         now = self._clock()
@@ -122,49 +95,42 @@ class ContractApp:
             else:
                 log.info("no longer hung: the long prediction finished")
         if is_healthy(self._phase, oldest, now, self._hang_after_s):
-            await _respond(send, 200, b"", b"text/plain")
+            _respond(responder, 200, b"", b"text/plain")
         else:
-            await _respond(send, 503, f"{self._phase.value}{' (hung)' if hung else ''}".encode())
+            _respond(responder, 503, f"{self._phase.value}{' (hung)' if hung else ''}".encode())
 
-    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST":
-            await _respond(send, 405, b"Use POST /invocations")
+    def _invocations(self, request: Request, responder: Responder) -> None:
+        if request.method != b"POST":
+            _respond(responder, 405, b"Use POST /invocations")
             return
         dispatcher = self._dispatcher
         if dispatcher is None:
-            await _send_reply(send, NOT_LOADED)
+            _send_reply(responder, NOT_LOADED, 0)
             return
-        headers: Headers = scope["headers"]
         content_type: str | None = None
         accept: str | None = None
-        for name, value in headers:
+        for name, value in request.headers:
             if name == b"content-type":
                 content_type = value.decode("latin-1")
             elif name == b"accept":
                 accept = value.decode("latin-1")
-        try:
-            body = await _read_body(receive)
-        except _ClientGone:
-            return
-        answered: asyncio.Future[WorkReply] = asyncio.get_running_loop().create_future()
-        dispatcher.submit(WorkRequest(body, content_type, accept, headers), partial(_resolve, answered))
-        reply = await answered
-        await _send_reply(send, reply, dispatcher.waiting())
+        work = WorkRequest(request.body, content_type, accept, request.headers)
+        dispatcher.submit(work, partial(_answer, responder, dispatcher))
 
 
-def _resolve(answered: asyncio.Future[WorkReply], reply: WorkReply) -> None:
-    # The request task may have been cancelled (server shutdown) while the handler ran.
-    if not answered.done():
-        answered.set_result(reply)
+def _answer(responder: Responder, dispatcher: Dispatcher, reply: WorkReply) -> None:
+    # On the loop, from the dispatcher. The client may have gone (or the server shut down) meanwhile.
+    if not responder.closed:
+        _send_reply(responder, reply, dispatcher.waiting())
 
 
-async def _send_reply(send: Send, reply: WorkReply, waiting: int = 0) -> None:
-    # What the server turns into model latency, queue delay and batch size metrics.
+def _send_reply(responder: Responder, reply: WorkReply, waiting: int) -> None:
+    # What the server turns into model latency, queue delay, batch size and queued metrics.
     timings = (
-        (MODEL_US_HEADER, str(reply.model_us).encode()),
-        (QUEUE_US_HEADER, str(reply.queue_us).encode()),
-        (BATCH_ROWS_HEADER, str(reply.batch_rows).encode()),
-        (WAITING_HEADER, str(waiting).encode()),
+        (MODEL_US_HEADER, b"%d" % reply.model_us),
+        (QUEUE_US_HEADER, b"%d" % reply.queue_us),
+        (BATCH_ROWS_HEADER, b"%d" % reply.batch_rows),
+        (WAITING_HEADER, b"%d" % waiting),
     )
     extra = (*reply.headers, *timings) if reply.headers else timings
-    await _respond(send, reply.status, reply.body, reply.content_type, extra)
+    _respond(responder, reply.status, reply.body, reply.content_type, extra)

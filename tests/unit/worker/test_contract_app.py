@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -8,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modelhost.http import start_server
 from modelhost.runtimes import codecs
 from modelhost.worker.context import HandlerContext
 from modelhost.worker.dispatch import OneAtATimeDispatcher, WorkReply, WorkRequest
@@ -117,26 +120,37 @@ def call(
     headers: Sequence[tuple[bytes, bytes]] = (),
     chunks: Sequence[bytes] | None = None,
 ) -> tuple[int, dict[bytes, bytes], bytes]:
-    parts = list(chunks) if chunks is not None else [body]
-    messages: list[dict[str, Any]] = [
-        {"type": "http.request", "body": part, "more_body": index < len(parts) - 1}
-        for index, part in enumerate(parts)
-    ]
-    sent: list[dict[str, Any]] = []
+    """One request to ``app`` served by the real HTTP server on a unix socket; the Date header is dropped."""
 
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+    async def exchange() -> tuple[int, dict[bytes, bytes], bytes]:
+        with tempfile.TemporaryDirectory(prefix="mh-") as tmp:
+            sock = os.path.join(tmp, "s")
+            server = await start_server(app, unix_path=sock)
+            try:
+                reader, writer = await asyncio.open_unix_connection(sock)
+                head = [f"{method} {path} HTTP/1.1\r\nhost: x\r\n".encode()]
+                head += [name + b": " + value + b"\r\n" for name, value in headers]
+                if chunks is not None:
+                    head.append(b"transfer-encoding: chunked\r\n\r\n")
+                    payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c) + b"0\r\n\r\n"
+                else:
+                    head.append(b"content-length: %d\r\n\r\n" % len(body))
+                    payload = body
+                writer.write(b"".join(head) + payload)
+                status_line = await reader.readline()
+                response_headers: dict[bytes, bytes] = {}
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.rstrip(b"\r\n").partition(b": ")
+                    response_headers[name.lower()] = value
+                content = await reader.readexactly(int(response_headers[b"content-length"]))
+                writer.close()
+            finally:
+                server.close()
+                await server.wait_closed()
+        response_headers.pop(b"date", None)
+        return int(status_line.split()[1]), response_headers, content
 
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": method, "path": path, "headers": list(headers)}
-    loop.run_until_complete(app(scope, receive, send))
-    start, body_message = sent
-    assert start["type"] == "http.response.start"
-    response_headers = dict(start["headers"])
-    assert response_headers[b"content-length"] == str(len(body_message["body"])).encode()
-    return start["status"], response_headers, body_message["body"]
+    return loop.run_until_complete(exchange())
 
 
 def test_ping_is_503_while_loading_and_200_once_ready(
@@ -275,7 +289,7 @@ def test_custom_attributes_set_by_the_handler_are_returned(
         app, loop, "POST", "/invocations", b"[1]", [(b"x-amzn-sagemaker-custom-attributes", b"a=1")]
     )
     assert (status, body) == (200, b"ok")
-    assert headers[b"X-Amzn-SageMaker-Custom-Attributes"] == b"seen=a=1"
+    assert headers[b"x-amzn-sagemaker-custom-attributes"] == b"seen=a=1"
 
 
 @pytest.mark.parametrize(
