@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import subprocess
@@ -42,10 +41,11 @@ import orjson
 import proc_tree
 import sklearn
 from http_probe import Address, ProbeResult, probe
+from load_measure import LoadSpec, measure
 from modelhost_target import Modelhost, write_artifact
 from server_process import ServerProcess, free_port
 from shared_model import sample_row, train
-from wrk_load import require_wrk, run_wrk
+from wrk_load import require_wrk
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -69,12 +69,6 @@ class LoadRun:
     other_cpu_pct: float  # share of all cores busy with processes other than ours during the run
 
 
-def _own_and_wrk_cpu_s() -> float:
-    # wrk runs to completion under subprocess.run, so its CPU time lands in RUSAGE_CHILDREN once reaped.
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def load_run(
     target: str,
     instances: int,
@@ -84,37 +78,22 @@ def load_run(
     roles: Mapping[str, Sequence[int]],
     args: argparse.Namespace,
 ) -> LoadRun:
-    # The warm-up fills connection pools and caches at the same concurrency; its numbers are thrown away.
-    if args.warmup_s > 0:
-        run_wrk(url, body_file, concurrency, args.warmup_s)
-    busy_before, mine_before = proc_tree.machine_busy_seconds(), _own_and_wrk_cpu_s()
-    cpu_before = proc_tree.cpu_by_role(roles)
-    result = run_wrk(url, body_file, concurrency, args.duration_s)
-    cpu_after = proc_tree.cpu_by_role(roles)
-    busy_after, mine_after = proc_tree.machine_busy_seconds(), _own_and_wrk_cpu_s()
-    served = max(1, result.requests)
-    server_cpu_s = {role: cpu_after[role] - cpu_before[role] for role in roles}
-    cpu = {role: 1000 * seconds / served for role, seconds in server_cpu_s.items()}
-    cpu["total"] = sum(cpu.values())
-    # What else kept the cores busy: the machine's busy time minus the servers, wrk and this process. Anything
-    # well above zero (a test suite, a build) means this run's numbers are noisy.
-    other_s = (busy_after - busy_before) - sum(server_cpu_s.values()) - (mine_after - mine_before)
-    other_pct = 100 * max(0.0, other_s) / (result.duration_s * (os.cpu_count() or 1))
-    rss = {role: proc_tree.total_rss_bytes(pids) / 2**20 for role, pids in roles.items()}
-    rss["total"] = sum(rss.values())
+    spec = LoadSpec(body_file, "application/json", concurrency, args.warmup_s, args.duration_s)
+    m = measure(target, "lr", url, spec, lambda: roles)
+    other_pct = m.other_cpu_pct
     run = LoadRun(
         target,
         instances,
         concurrency,
-        result.requests,
-        result.rps,
-        result.p50_ms,
-        result.p99_ms,
-        result.max_ms,
-        result.socket_errors,
-        result.non_2xx,
-        cpu,
-        rss,
+        m.requests,
+        m.rps,
+        m.p50_ms,
+        m.p99_ms,
+        m.max_ms,
+        m.socket_errors,
+        m.non_2xx,
+        m.cpu_ms_per_request,
+        m.rss_mb,
         other_pct,
     )
     print(
