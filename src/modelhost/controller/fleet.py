@@ -1,5 +1,5 @@
-"""The fleet controller: keeps each endpoint's instances at their desired counts, supervises them (startup,
-health, crashes), moves endpoint statuses on, and publishes the routing table. One per server; it owns every
+"""The fleet controller: keeps each endpoint's instances at their desired counts (each one's life is the
+supervisor's), moves endpoint statuses on, and publishes the routing table. One per server; it owns every
 background task it starts and cancels them in ``close``."""
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 from modelhost.clock import Clock
@@ -27,14 +25,13 @@ from modelhost.controller.reconcile import (
     progress,
     targets,
 )
+from modelhost.controller.supervisor import InstancePlan, ManagedInstance, Supervisor, SupervisorEvents
 from modelhost.domain.specs import DeploymentSpec, deployment_spec
 from modelhost.domain.status import EndpointStatus
 from modelhost.errors import ModelhostError
 from modelhost.ids import log_stream_arn, new_instance_id
-from modelhost.instances.artifacts import fetch_model_data
 from modelhost.instances.catalog import InstanceCatalog
-from modelhost.instances.local import LaunchSpec, LocalBackend, LocalInstance
-from modelhost.router.instance_client import InstanceClient, InstanceTimeout, InstanceUnreachable
+from modelhost.instances.local import LaunchSpec, LocalBackend
 from modelhost.router.table import EndpointRoute, InstanceHandle, RouteTable, VariantRoute
 from modelhost.runtimes.images import resolve_runtime
 from modelhost.settings import Settings
@@ -43,19 +40,6 @@ from modelhost.store.objects import ObjectStore
 
 log = logging.getLogger("modelhost.fleet")
 T = TypeVar("T")
-
-
-@dataclass(eq=False)
-class ManagedInstance:
-    id: str
-    key: TargetKey
-    started_at: float
-    phase: Phase = Phase.STARTING
-    ever_healthy: bool = False
-    failure: str | None = None
-    process: LocalInstance | None = None
-    handle: InstanceHandle | None = None
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class Fleet:
@@ -73,7 +57,6 @@ class Fleet:
     ) -> None:
         self._settings = settings
         self._store = store
-        self._objects = objects
         self._backend = backend
         self._catalog = catalog
         self._table = table
@@ -86,7 +69,13 @@ class Fleet:
         self._failures: dict[str, str] = {}  # deployment id → why an instance could not start
         self._crashes: dict[TargetKey, int] = {}
         self._blocked_until: dict[TargetKey, float] = {}
-        self._fetch_locks: dict[Path, asyncio.Lock] = {}
+        self._supervisor = Supervisor(
+            settings=settings,
+            backend=backend,
+            objects=objects,
+            clock=clock,
+            events=SupervisorEvents(healthy=self._healthy, unhealthy=self._changed, exited=self._exited),
+        )
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -127,7 +116,7 @@ class Fleet:
             *self._side_tasks, *(i.task for i in self._instances.values() if i.task), return_exceptions=True
         )
         await asyncio.gather(
-            *(self._stop_process(i, drain=False) for i in list(self._instances.values())),
+            *(self._supervisor.stop(i, drain=False) for i in list(self._instances.values())),
             return_exceptions=True,
         )
         self._backend.close()
@@ -269,87 +258,39 @@ class Fleet:
     def _launch(self, key: TargetKey) -> None:
         inst = ManagedInstance(new_instance_id(), key, self._clock.monotonic())
         self._instances[inst.id] = inst
-        inst.task = asyncio.create_task(self._supervise(inst), name=f"instance-{inst.id}")
-
-    def _changed(self) -> None:
-        self._wake.set()
-
-    async def _supervise(self, inst: ManagedInstance) -> None:
         try:
-            await self._bring_up(inst)
-            if inst.phase == Phase.HEALTHY:
-                await self._watch(inst)
-        except asyncio.CancelledError:
-            raise
+            instance_plan = self._plan(inst)
         except ModelhostError as exc:
             self._exited(inst, exc.message)
+            return
         except Exception as exc:
-            log.exception("instance %s: supervisor failed", inst.id)
-            self._exited(inst, f"modelhost could not start the instance: {exc!r}")
+            log.exception("instance %s: could not plan it", inst.id)
+            self._exited(inst, f"modelhost could not plan the instance: {exc!r}")
+            return
+        inst.task = asyncio.create_task(self._supervisor.run(inst, instance_plan), name=f"instance-{inst.id}")
 
-    async def _bring_up(self, inst: ManagedInstance) -> None:
+    def _plan(self, inst: ManagedInstance) -> InstancePlan:
+        """What the instance runs: its deployment's variant, container, artifact and resources."""
         row = self._rows[inst.key.endpoint]
         snap = row.deployment if row.deployment["id"] == inst.key.deployment_id else row.pending_deployment
         assert snap is not None
         spec = self._deployment(snap)
         variant = spec.variant(inst.key.variant)
         container = variant.model.containers[0]
-        model_dir = self._artifacts_dir / row.name / spec.raw["id"] / variant.name / "model"
-        await self._fetch(model_dir, container.model_data_url or "", container.compression)
-        resources = self._catalog.resources(variant.instance_type)
         launch = LaunchSpec(
             instance_id=inst.id,
             endpoint=row.name,
             variant=variant.name,
             runtime=container.runtime,
-            model_dir=model_dir,
+            model_dir=self._artifacts_dir / row.name / spec.raw["id"] / variant.name / "model",
             environment=self._worker_environment(container.environment),
-            vcpus=resources.vcpus,
+            vcpus=self._catalog.resources(variant.instance_type).vcpus,
             timeout_s=spec.invocation_timeout_s or self._settings.invocation_timeout_s,
         )
-        inst.process = await self._backend.start(launch)
-        client = InstanceClient(unix_path=inst.process.socket_path)
-        exit_wait = asyncio.ensure_future(inst.process.process.wait())
-        deadline = self._clock.monotonic() + self._settings.startup_timeout_s
-        pause = 0.02
-        try:
-            while True:
-                if await self._ping(client):
-                    break
-                if self._clock.monotonic() > deadline:
-                    self._backend.kill_now(inst.process)
-                    await client.close()
-                    self._exited(
-                        inst,
-                        f"The instance did not answer /ping as healthy within "
-                        f"{self._settings.startup_timeout_s:g} s. {self._tail(inst)}",
-                    )
-                    return
-                # Wake on whichever comes first: the process exiting, or the next probe.
-                done, _ = await asyncio.wait({exit_wait}, timeout=pause)
-                if done:
-                    await client.close()
-                    reason = inst.process.failure_reason() or (
-                        f"The worker exited with code {inst.process.process.returncode} before it was "
-                        f"ready. {self._tail(inst)}"
-                    )
-                    self._exited(inst, reason)
-                    return
-                pause = min(pause * 2, 0.5)
-        finally:
-            exit_wait.cancel()
-        stream = f"{variant.name}/{inst.id}"
-        inst.handle = InstanceHandle(
-            inst.id,
-            variant.name,
-            client,
-            log_stream_arn(self._settings.region, self._settings.account_id, row.name, stream),
+        stream = log_stream_arn(
+            self._settings.region, self._settings.account_id, row.name, f"{variant.name}/{inst.id}"
         )
-        inst.phase = Phase.HEALTHY
-        inst.ever_healthy = True
-        self._crashes.pop(inst.key, None)
-        log.info("instance %s of %s/%s is healthy", inst.id, row.name, variant.name)
-        self._changed()
+        return InstancePlan(launch, container.model_data_url or "", container.compression, stream)
 
     def _worker_environment(self, environment: Mapping[str, str]) -> dict[str, str]:
         """The container's Environment, with the server's batching defaults where the model sets none."""
@@ -358,62 +299,12 @@ class Fleet:
         env.setdefault("MODELHOST_MAX_BATCH_DELAY_US", str(self._settings.max_batch_delay_us))
         return env
 
-    def _tail(self, inst: ManagedInstance) -> str:
-        tail = inst.process.log_tail(8) if inst.process else ""
-        return f"Last log lines:\n{tail}" if tail else ""
+    def _changed(self, _inst: ManagedInstance | None = None) -> None:
+        self._wake.set()
 
-    async def _fetch(self, model_dir: Path, url: str, compression: str | None) -> None:
-        """Unpack a variant's artifact once; the instances of that variant share the directory."""
-        lock = self._fetch_locks.setdefault(model_dir, asyncio.Lock())
-        async with lock:
-            await asyncio.to_thread(self._fetch_blocking, model_dir, url, compression)
-
-    def _fetch_blocking(self, model_dir: Path, url: str, compression: str | None) -> None:
-        if model_dir.exists():
-            return
-        model_dir.parent.mkdir(parents=True, exist_ok=True)
-        fetch_model_data(
-            self._objects,
-            url,
-            model_dir,
-            max_bytes=self._settings.max_artifact_bytes,
-            compression=compression,
-        )
-
-    async def _ping(self, client: InstanceClient) -> bool:
-        try:
-            resp = await client.request("GET", "/ping", timeout_s=self._settings.ping_timeout_s)
-        except (InstanceUnreachable, InstanceTimeout):
-            return False
-        return resp.status == 200
-
-    async def _watch(self, inst: ManagedInstance) -> None:
-        assert inst.process is not None and inst.handle is not None
-        exit_wait = asyncio.ensure_future(inst.process.process.wait())
-        failures = 0
-        try:
-            while True:
-                done, _ = await asyncio.wait({exit_wait}, timeout=self._settings.health_check_interval_s)
-                if done:
-                    log.warning(
-                        "instance %s exited with code %s; replacing it. %s",
-                        inst.id,
-                        inst.process.process.returncode,
-                        self._tail(inst),
-                    )
-                    self._exited(inst, None)
-                    return
-                if await self._ping(inst.handle.client):
-                    failures = 0
-                    continue
-                failures += 1
-                if failures >= self._settings.unhealthy_after_failures:
-                    log.warning("instance %s failed %d pings in a row; replacing it", inst.id, failures)
-                    inst.phase = Phase.UNHEALTHY
-                    self._changed()
-                    return
-        finally:
-            exit_wait.cancel()
+    def _healthy(self, inst: ManagedInstance) -> None:
+        self._crashes.pop(inst.key, None)
+        self._changed()
 
     def _exited(self, inst: ManagedInstance, failure: str | None) -> None:
         inst.phase = Phase.EXITED
@@ -427,7 +318,7 @@ class Fleet:
         self._changed()
 
     def _reap(self, inst: ManagedInstance) -> None:
-        self._spawn(self._stop_process(inst, drain=False), f"reap-{inst.id}")
+        self._spawn(self._supervisor.stop(inst, drain=False), f"reap-{inst.id}")
 
     def _begin_stop(self, inst: ManagedInstance, drain: bool) -> None:
         if inst.task:
@@ -438,16 +329,7 @@ class Fleet:
 
     async def _stop_and_forget(self, inst: ManagedInstance, drain: bool) -> None:
         try:
-            await self._stop_process(inst, drain)
+            await self._supervisor.stop(inst, drain)
         finally:
             self._instances.pop(inst.id, None)
             self._changed()
-
-    async def _stop_process(self, inst: ManagedInstance, drain: bool) -> None:
-        if inst.handle is not None:
-            if drain:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(inst.handle.drained(), self._settings.invocation_timeout_s)
-            await inst.handle.client.close()
-        if inst.process is not None:
-            await self._backend.stop(inst.process, self._settings.stop_grace_s if drain else 0.0)

@@ -1,0 +1,202 @@
+"""The life of one instance: fetch its artifact, start its worker, wait for /ping, watch it, stop it.
+
+The fleet (fleet.py) decides which instances should exist and hears what happens to them through the
+callbacks given here; this module only moves one instance through its phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelhost.clock import Clock
+from modelhost.controller.reconcile import Phase, TargetKey
+from modelhost.errors import ModelhostError
+from modelhost.instances.artifacts import fetch_model_data
+from modelhost.instances.local import LaunchSpec, LocalBackend, LocalInstance
+from modelhost.router.instance_client import InstanceClient, InstanceTimeout, InstanceUnreachable
+from modelhost.router.table import InstanceHandle
+from modelhost.settings import Settings
+from modelhost.store.objects import ObjectStore
+
+log = logging.getLogger("modelhost.fleet")
+
+
+@dataclass(eq=False)
+class ManagedInstance:
+    id: str
+    key: TargetKey
+    started_at: float
+    phase: Phase = Phase.STARTING
+    ever_healthy: bool = False
+    failure: str | None = None
+    process: LocalInstance | None = None
+    handle: InstanceHandle | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePlan:
+    """Everything needed to run one instance, resolved by the fleet from the endpoint's deployment."""
+
+    launch: LaunchSpec
+    model_data_url: str
+    compression: str | None
+    log_stream_arn: str
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorEvents:
+    """How the supervisor tells the fleet what happened. Each runs on the loop and must not raise."""
+
+    healthy: Callable[[ManagedInstance], None]
+    unhealthy: Callable[[ManagedInstance], None]
+    exited: Callable[[ManagedInstance, str | None], None]  # failure text when it never came up
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        backend: LocalBackend,
+        objects: ObjectStore,
+        clock: Clock,
+        events: SupervisorEvents,
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._objects = objects
+        self._clock = clock
+        self._events = events
+        self._fetch_locks: dict[Path, asyncio.Lock] = {}
+
+    async def run(self, inst: ManagedInstance, plan: InstancePlan) -> None:
+        """Bring ``inst`` up and watch it until it exits or stops answering; cancelled to stop it."""
+        try:
+            await self._bring_up(inst, plan)
+            if inst.phase == Phase.HEALTHY:
+                await self._watch(inst)
+        except asyncio.CancelledError:
+            raise
+        except ModelhostError as exc:
+            self._exit(inst, exc.message)
+        except Exception as exc:
+            log.exception("instance %s: supervisor failed", inst.id)
+            self._exit(inst, f"modelhost could not start the instance: {exc!r}")
+
+    async def stop(self, inst: ManagedInstance, drain: bool) -> None:
+        """Drain (the caller has taken it out of the routing table) and stop the process."""
+        if inst.handle is not None:
+            if drain:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(inst.handle.drained(), self._settings.invocation_timeout_s)
+            await inst.handle.client.close()
+        if inst.process is not None:
+            await self._backend.stop(inst.process, self._settings.stop_grace_s if drain else 0.0)
+
+    def _exit(self, inst: ManagedInstance, failure: str | None) -> None:
+        inst.phase = Phase.EXITED
+        inst.failure = failure
+        self._events.exited(inst, failure)
+
+    async def _bring_up(self, inst: ManagedInstance, plan: InstancePlan) -> None:
+        await self._fetch(plan.launch.model_dir, plan.model_data_url, plan.compression)
+        inst.process = await self._backend.start(plan.launch)
+        client = InstanceClient(unix_path=inst.process.socket_path)
+        exit_wait = asyncio.ensure_future(inst.process.process.wait())
+        deadline = self._clock.monotonic() + self._settings.startup_timeout_s
+        pause = 0.02
+        try:
+            while True:
+                if await self._ping(client):
+                    break
+                if self._clock.monotonic() > deadline:
+                    self._backend.kill_now(inst.process)
+                    await client.close()
+                    self._exit(
+                        inst,
+                        f"The instance did not answer /ping as healthy within "
+                        f"{self._settings.startup_timeout_s:g} s. {_tail(inst)}",
+                    )
+                    return
+                # Wake on whichever comes first: the process exiting, or the next probe.
+                done, _ = await asyncio.wait({exit_wait}, timeout=pause)
+                if done:
+                    await client.close()
+                    reason = inst.process.failure_reason() or (
+                        f"The worker exited with code {inst.process.process.returncode} before it was "
+                        f"ready. {_tail(inst)}"
+                    )
+                    self._exit(inst, reason)
+                    return
+                pause = min(pause * 2, 0.5)
+        finally:
+            exit_wait.cancel()
+        inst.handle = InstanceHandle(inst.id, plan.launch.variant, client, plan.log_stream_arn)
+        inst.phase = Phase.HEALTHY
+        inst.ever_healthy = True
+        log.info("instance %s of %s/%s is healthy", inst.id, plan.launch.endpoint, plan.launch.variant)
+        self._events.healthy(inst)
+
+    async def _fetch(self, model_dir: Path, url: str, compression: str | None) -> None:
+        """Unpack a variant's artifact once; the instances of that variant share the directory."""
+        lock = self._fetch_locks.setdefault(model_dir, asyncio.Lock())
+        async with lock:
+            await asyncio.to_thread(self._fetch_blocking, model_dir, url, compression)
+
+    def _fetch_blocking(self, model_dir: Path, url: str, compression: str | None) -> None:
+        if model_dir.exists():
+            return
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        fetch_model_data(
+            self._objects,
+            url,
+            model_dir,
+            max_bytes=self._settings.max_artifact_bytes,
+            compression=compression,
+        )
+
+    async def _ping(self, client: InstanceClient) -> bool:
+        try:
+            resp = await client.request("GET", "/ping", timeout_s=self._settings.ping_timeout_s)
+        except (InstanceUnreachable, InstanceTimeout):
+            return False
+        return resp.status == 200
+
+    async def _watch(self, inst: ManagedInstance) -> None:
+        assert inst.process is not None and inst.handle is not None
+        exit_wait = asyncio.ensure_future(inst.process.process.wait())
+        failures = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait({exit_wait}, timeout=self._settings.health_check_interval_s)
+                if done:
+                    log.warning(
+                        "instance %s exited with code %s; replacing it. %s",
+                        inst.id,
+                        inst.process.process.returncode,
+                        _tail(inst),
+                    )
+                    self._exit(inst, None)
+                    return
+                if await self._ping(inst.handle.client):
+                    failures = 0
+                    continue
+                failures += 1
+                if failures >= self._settings.unhealthy_after_failures:
+                    log.warning("instance %s failed %d pings in a row; replacing it", inst.id, failures)
+                    inst.phase = Phase.UNHEALTHY
+                    self._events.unhealthy(inst)
+                    return
+        finally:
+            exit_wait.cancel()
+
+
+def _tail(inst: ManagedInstance) -> str:
+    tail = inst.process.log_tail(8) if inst.process else ""
+    return f"Last log lines:\n{tail}" if tail else ""
