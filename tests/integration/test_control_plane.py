@@ -212,20 +212,7 @@ def test_boto3_client_side_validation_still_applies(server: LiveServer) -> None:
 
 def test_placement_refuses_what_cannot_run(server: LiveServer, iris_url: str, name: str) -> None:
     sm = server.sm
-    sm.create_model(
-        ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": "sklearn", "ModelDataUrl": iris_url}
-    )
-    sm.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[
-            {
-                "VariantName": "v",
-                "ModelName": name,
-                "InstanceType": "ml.m5.24xlarge",
-                "InitialInstanceCount": 50,
-            }
-        ],
-    )
+    server.model_and_config(name, name, iris_url, count=50, instance_type="ml.m5.24xlarge", variant="v")
     with pytest.raises(ClientError) as err:
         sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
     code, msg = _code(err)
