@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 from modelhost.errors import ValidationError
-from modelhost.runtimes.runtime import Runtime
+from modelhost.runtimes.runtime import Runtime, RuntimeResources
 
 # name → "module:factory"; later issues add pytorch, onnx, xgboost, ...
 _RUNTIMES: dict[str, str] = {
@@ -21,12 +21,15 @@ def runtime_names() -> tuple[str, ...]:
     return tuple(_RUNTIMES)
 
 
-def load_runtime(name: str) -> Runtime:
-    """Import and build the runtime called ``name``; ``ValidationError`` naming the known ones otherwise."""
+def load_runtime(name: str, resources: RuntimeResources | None = None) -> Runtime:
+    """Import and build the runtime called ``name``; ``ValidationError`` naming the known ones otherwise.
+
+    Every factory takes the instance's ``RuntimeResources`` as its one argument.
+    """
     target = _RUNTIMES.get(name)
     if target is None:
         raise ValidationError(f"Unknown runtime {name!r}: known runtimes are {', '.join(_RUNTIMES)}")
     module_name, _, factory_name = target.partition(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
-    runtime: Runtime = factory()
+    runtime: Runtime = factory(resources or RuntimeResources())
     return runtime

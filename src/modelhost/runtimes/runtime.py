@@ -5,10 +5,24 @@ The worker calls these wherever the user's ``code/inference.py`` does not define
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
+
+
+@dataclass(frozen=True)
+class RuntimeResources:
+    """What the instance gives a runtime to compute with; its factory sizes thread pools and picks devices."""
+
+    vcpus: float = 1.0  # the instance type's vCPUs (an ONNX session's intra-op threads, torch's threads)
+    gpu_ids: tuple[int, ...] = ()  # host GPUs assigned to this instance; empty: run on the CPU
+
+    @property
+    def threads(self) -> int:
+        """Compute threads for one prediction: one per whole vCPU, at least one."""
+        return max(1, round(self.vcpus))
 
 
 class Runtime(Protocol):

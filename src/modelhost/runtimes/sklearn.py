@@ -13,6 +13,7 @@ import numpy as np
 
 from modelhost.errors import ArtifactError
 from modelhost.runtimes import codecs
+from modelhost.runtimes.runtime import RuntimeResources
 
 # Searched in this order at the top level of the model dir; SageMaker's examples save model.joblib.
 MODEL_FILE_NAMES = ("model.joblib", "model.pkl", "model.pickle")
@@ -66,6 +67,10 @@ def _as_rows(data: object, model: object) -> object:
 
 class SklearnRuntime:
     """Defaults of SageMaker's scikit-learn container, with a model_fn that needs no user code."""
+
+    def __init__(self, resources: RuntimeResources | None = None) -> None:
+        # scikit-learn predicts on the calling thread; the worker's pool already follows the vCPUs.
+        del resources
 
     @property
     def name(self) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from modelhost import __version__
 from modelhost.errors import ModelhostError, ValidationError
 from modelhost.runtimes.registry import load_runtime
-from modelhost.runtimes.runtime import Runtime
+from modelhost.runtimes.runtime import Runtime, RuntimeResources
 from modelhost.worker.context import HandlerContext
 from modelhost.worker.failure import LoadFailure, describe_exception
 from modelhost.worker.handler import HandlerFunction, load_user_handlers
@@ -31,9 +31,9 @@ def system_properties(options: WorkerOptions) -> dict[str, object]:
     }
 
 
-def _runtime(name: str) -> Runtime:
+def _runtime(name: str, resources: RuntimeResources) -> Runtime:
     try:
-        return load_runtime(name)
+        return load_runtime(name, resources)
     except ValidationError as exc:
         raise LoadFailure(f"{exc.message}. Change the model's Image to one of them") from exc
     except ImportError as exc:
@@ -67,7 +67,7 @@ def _run_default(runtime: Runtime, step: str, call: Callable[[], object]) -> obj
 
 def load_pipeline(options: WorkerOptions) -> Pipeline:
     """Everything that happens before /ping may answer 200."""
-    runtime = _runtime(options.runtime)
+    runtime = _runtime(options.runtime, RuntimeResources(vcpus=options.vcpus))
     model_dir = options.model_dir
     if not model_dir.is_dir():
         raise LoadFailure(
