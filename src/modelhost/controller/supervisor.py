@@ -18,7 +18,9 @@ from modelhost.controller.reconcile import Phase, TargetKey
 from modelhost.errors import ModelhostError
 from modelhost.instances.artifacts import fetch_model_data
 from modelhost.instances.local import LaunchSpec, LocalBackend, LocalInstance
+from modelhost.router.frame_client import FrameClient
 from modelhost.router.instance_client import InstanceClient, InstanceTimeout, InstanceUnreachable
+from modelhost.router.invoker import HttpInvoker, Invoker
 from modelhost.router.table import InstanceHandle
 from modelhost.settings import Settings
 from modelhost.store.objects import ObjectStore
@@ -36,6 +38,7 @@ class ManagedInstance:
     failure: str | None = None
     process: LocalInstance | None = None
     handle: InstanceHandle | None = None
+    pinger: InstanceClient | None = None  # /ping over HTTP; invocations go through the handle's invoker
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -96,6 +99,8 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(inst.handle.drained(), self._settings.invocation_timeout_s)
             await inst.handle.client.close()
+        if inst.pinger is not None:
+            await inst.pinger.close()
         if inst.process is not None:
             await self._backend.stop(inst.process, self._settings.stop_grace_s if drain else 0.0)
 
@@ -137,7 +142,10 @@ class Supervisor:
                 pause = min(pause * 2, 0.5)
         finally:
             exit_wait.cancel()
-        inst.handle = InstanceHandle(inst.id, plan.launch.variant, client, plan.log_stream_arn)
+        inst.pinger = client
+        frame_socket = inst.process.frame_socket_path
+        invoker: Invoker = FrameClient(frame_socket) if frame_socket is not None else HttpInvoker(client)
+        inst.handle = InstanceHandle(inst.id, plan.launch.variant, invoker, plan.log_stream_arn)
         inst.phase = Phase.HEALTHY
         inst.ever_healthy = True
         log.info("instance %s of %s/%s is healthy", inst.id, plan.launch.endpoint, plan.launch.variant)
@@ -169,7 +177,7 @@ class Supervisor:
         return resp.status == 200
 
     async def _watch(self, inst: ManagedInstance) -> None:
-        assert inst.process is not None and inst.handle is not None
+        assert inst.process is not None and inst.pinger is not None
         exit_wait = asyncio.ensure_future(inst.process.process.wait())
         failures = 0
         try:
@@ -184,7 +192,7 @@ class Supervisor:
                     )
                     self._exit(inst, None)
                     return
-                if await self._ping(inst.handle.client):
+                if await self._ping(inst.pinger):
                     failures = 0
                     continue
                 failures += 1

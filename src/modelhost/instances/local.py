@@ -33,10 +33,11 @@ class LaunchSpec:
 class LocalInstance:
     spec: LaunchSpec
     process: asyncio.subprocess.Process
-    socket_path: str
+    socket_path: str  # the container contract over HTTP (/ping, /invocations)
     log_path: Path
     failure_file: Path
     pid_file: Path
+    frame_socket_path: str | None = None  # invocations in frames, for the router; None: HTTP only
 
     def failure_reason(self) -> str | None:
         """What the worker wrote before exiting on a load failure, if anything."""
@@ -99,6 +100,7 @@ class LocalBackend:
         log_path = self.log_path(spec.endpoint, spec.variant, spec.instance_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path = str(self._socket_dir / f"{spec.instance_id}.sock")
+        frame_socket_path = str(self._socket_dir / f"{spec.instance_id}.frames")
         failure_file = inst_dir / "failure"
         env = {
             **os.environ,
@@ -112,6 +114,8 @@ class LocalBackend:
             WORKER_MODULE,
             "--socket",
             socket_path,
+            "--frame-socket",
+            frame_socket_path,
             "--model-dir",
             str(spec.model_dir),
             "--runtime",
@@ -138,7 +142,7 @@ class LocalBackend:
             )
         pid_file = inst_dir / "pid"
         pid_file.write_text(str(process.pid))
-        return LocalInstance(spec, process, socket_path, log_path, failure_file, pid_file)
+        return LocalInstance(spec, process, socket_path, log_path, failure_file, pid_file, frame_socket_path)
 
     async def stop(self, inst: LocalInstance, grace_s: float) -> None:
         """SIGTERM, then SIGKILL after ``grace_s``, as SageMaker stops containers."""
@@ -158,8 +162,10 @@ class LocalBackend:
             inst.process.kill()
 
     def forget(self, inst: LocalInstance) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(inst.socket_path)
+        for path in (inst.socket_path, inst.frame_socket_path):
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         shutil.rmtree(inst.pid_file.parent, ignore_errors=True)
 
     def close(self) -> None:

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from modelhost.errors import ModelInvocationError, ModelNotReady, ServiceUnavailable, ValidationError
 from modelhost.router.choice import choose_instance, choose_variant
 from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
 from modelhost.router.table import InstanceHandle, RouteTable
-
-_CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,19 +126,12 @@ class Router:
             ) from None
 
     async def _send(self, req: InvokeRequest, handle: InstanceHandle, timeout_s: float) -> InvokeResult:
-        headers: list[tuple[bytes, bytes]] = []
-        if req.content_type is not None:
-            headers.append((b"content-type", req.content_type))
-        if req.accept is not None:
-            headers.append((b"accept", req.accept))
-        if req.custom_attributes is not None:
-            headers.append((b"x-amzn-sagemaker-custom-attributes", req.custom_attributes))
-        if req.inference_id is not None:
-            headers.append((b"x-amzn-sagemaker-inference-id", req.inference_id))
         handle.outstanding += 1
         started = time.perf_counter_ns()
         try:
-            resp = await handle.client.request("POST", "/invocations", headers, req.body, timeout_s)
+            resp = await handle.client.invoke(
+                req.content_type, req.accept, req.custom_attributes, req.inference_id, req.body, timeout_s
+            )
         except InstanceTimeout:
             raise self._model_error(
                 handle,
@@ -161,17 +151,17 @@ class Router:
         finally:
             handle.release()
         latency_us = (time.perf_counter_ns() - started) // 1000
-        handle.waiting = _int_header(resp.headers, "x-modelhost-waiting") or 0
+        handle.waiting = resp.waiting or 0
         if resp.status >= 300:
             raise self._model_error(handle, resp.status, resp.body.decode("utf-8", "replace"))
         return InvokeResult(
             variant=handle.variant,
             body=resp.body,
-            content_type=resp.headers.get("content-type"),
-            custom_attributes=resp.headers.get(_CUSTOM_ATTRIBUTES),
+            content_type=resp.content_type,
+            custom_attributes=resp.custom_attributes,
             model_latency_us=latency_us,
-            queue_us=_int_header(resp.headers, "x-modelhost-queue-us"),
-            batch_rows=_int_header(resp.headers, "x-modelhost-batch-rows"),
+            queue_us=resp.queue_us,
+            batch_rows=resp.batch_rows,
         )
 
     def _model_error(self, handle: InstanceHandle, status: int, message: str) -> ModelInvocationError:
@@ -181,13 +171,3 @@ class Router:
             f"See {handle.log_stream_arn} in account {self._account} for more information."
         )
         return ModelInvocationError(text, status, message, handle.log_stream_arn, handle.variant)
-
-
-def _int_header(headers: Mapping[str, str], name: str) -> int | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None  # a bring-your-own server's header of the same name is not ours to trust

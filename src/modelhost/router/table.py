@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from modelhost.router.instance_client import InstanceClient
+from modelhost.router.invoker import Invoker
 
 
 class InstanceHandle:
@@ -14,7 +14,7 @@ class InstanceHandle:
 
     __slots__ = ("_idle", "client", "draining", "id", "log_stream_arn", "outstanding", "variant", "waiting")
 
-    def __init__(self, id: str, variant: str, client: InstanceClient, log_stream_arn: str) -> None:
+    def __init__(self, id: str, variant: str, client: Invoker, log_stream_arn: str) -> None:
         self.id = id
         self.variant = variant
         self.client = client

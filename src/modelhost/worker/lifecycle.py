@@ -25,6 +25,7 @@ from modelhost.http import Server, ServerOptions, start_server
 from modelhost.worker.batcher import BatchingDispatcher
 from modelhost.worker.dispatch import Dispatcher, OneAtATimeDispatcher
 from modelhost.worker.failure import LoadFailure, describe_exception, write_failure_file
+from modelhost.worker.frame_server import FrameService
 from modelhost.worker.health import BusyClock
 from modelhost.worker.lifeline import watch_lifeline
 from modelhost.worker.loading import load_pipeline
@@ -96,6 +97,9 @@ class WorkerProcess:
             if options.lifeline_fd is not None:
                 watch_lifeline(loop, options.lifeline_fd, self._on_lifeline_eof)
             sock = bind_unix_socket(options.socket_path)
+            frame_sock = None
+            if options.frame_socket_path is not None:
+                frame_sock = bind_unix_socket(options.frame_socket_path)
         except OSError as exc:
             self._fail(
                 LoadFailure(
@@ -110,6 +114,9 @@ class WorkerProcess:
         app = ContractApp(busy=busy, hang_after_s=options.hang_after_s)
         server = await start_server(app, sock=sock, options=server_options(options))
         self._server = server
+        frames = FrameService(loop)
+        if frame_sock is not None:
+            await frames.start(frame_sock)
         log.info(
             "listening on unix:%s (pid %d, %d handler threads)",
             options.socket_path,
@@ -124,7 +131,12 @@ class WorkerProcess:
         loading = executor.submit(load_pipeline, options)
         loading.add_done_callback(
             lambda future: loop.call_soon_threadsafe(
-                self._on_loaded, app, future, started, partial(self._build_dispatcher, executor, busy, loop)
+                self._on_loaded,
+                app,
+                frames,
+                future,
+                started,
+                partial(self._build_dispatcher, executor, busy, loop),
             )
         )
 
@@ -136,14 +148,17 @@ class WorkerProcess:
             math.ceil(options.timeout_s),
         )
         server.close()
-        await server.wait_closed()
+        await asyncio.gather(server.wait_closed(), frames.close(math.ceil(options.timeout_s)))
         _unlink(options.socket_path)
+        if options.frame_socket_path is not None:
+            _unlink(options.frame_socket_path)
         log.info("stopped")
         return self._exit_code
 
     def _on_loaded(
         self,
         app: ContractApp,
+        frames: FrameService,
         future: Future[Pipeline],
         started: float,
         make_dispatcher: Callable[[Pipeline], Dispatcher],
@@ -152,7 +167,9 @@ class WorkerProcess:
             return
         exc = future.exception()
         if exc is None:
-            app.set_ready(make_dispatcher(future.result()))
+            dispatcher = make_dispatcher(future.result())
+            frames.dispatcher = dispatcher
+            app.set_ready(dispatcher)
             log.info("loaded in %d ms; ready", round((time.perf_counter() - started) * 1000))
             return
         failure = (
@@ -220,5 +237,7 @@ class WorkerProcess:
         # threads running (os._exit does not join them).
         log.warning("lifeline closed: the server is gone; exiting now")
         _unlink(self._options.socket_path)
+        if self._options.frame_socket_path is not None:
+            _unlink(self._options.frame_socket_path)
         flush_std_streams()
         os._exit(0)

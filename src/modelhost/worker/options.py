@@ -38,6 +38,7 @@ class WorkerOptions:
     program: str | None = None  # SAGEMAKER_PROGRAM: the handler file in <model_dir>/code, None = default
     default_accept: str = DEFAULT_ACCEPT  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT: for absent or */* Accept
     batching: BatchPolicy | None = None  # MODELHOST_*_BATCH_* variables; None: one request at a time
+    frame_socket_path: Path | None = None  # unix socket for the router's invocation frames; None: HTTP only
 
     @property
     def prediction_threads(self) -> int:
@@ -113,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve one model over the SageMaker container contract on a unix socket.",
     )
     parser.add_argument("--socket", required=True, type=Path, help="unix socket path to listen on")
+    parser.add_argument(
+        "--frame-socket", type=Path, default=None, help="unix socket for invocations in frames (the router's)"
+    )
     parser.add_argument("--model-dir", required=True, type=Path, help="the unpacked model artifact")
     parser.add_argument("--runtime", required=True, help="framework adapter, e.g. sklearn")
     parser.add_argument("--vcpus", required=True, type=_positive_float, help="vCPUs of the instance type")
@@ -153,4 +157,5 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerOpti
         program=environ.get("SAGEMAKER_PROGRAM") or None,
         default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or DEFAULT_ACCEPT,
         batching=batching,
+        frame_socket_path=args.frame_socket,
     )

@@ -10,6 +10,7 @@ import pytest
 from modelhost.errors import ServiceUnavailable
 from modelhost.router.instance_client import InstanceClient
 from modelhost.router.invoke import InvokeRequest, Router
+from modelhost.router.invoker import HttpInvoker
 from modelhost.router.table import EndpointRoute, InstanceHandle, RouteTable, VariantRoute
 
 
@@ -41,7 +42,7 @@ def _run(tmp_path: Path, per_instance: int, per_endpoint: int) -> None:
                 await writer.drain()
 
         server = await asyncio.start_unix_server(handle, sock)
-        handle_ = InstanceHandle("i-1", "v", InstanceClient(unix_path=sock), "arn:log")
+        handle_ = InstanceHandle("i-1", "v", HttpInvoker(InstanceClient(unix_path=sock)), "arn:log")
         table = RouteTable()
         table.publish(EndpointRoute("ep", (VariantRoute("v", 1.0, (handle_,)),), 5.0))
         router = Router(table, "000000000000", per_instance, per_endpoint)

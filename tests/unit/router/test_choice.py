@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from modelhost.router.choice import choose_instance, choose_variant
 from modelhost.router.instance_client import InstanceClient
+from modelhost.router.invoker import HttpInvoker
 from modelhost.router.table import EndpointRoute, InstanceHandle, VariantRoute
 
 
 def handle(id: str, outstanding: int = 0) -> InstanceHandle:
-    h = InstanceHandle(id, "v", InstanceClient(unix_path="/nonexistent"), "arn")
+    h = InstanceHandle(id, "v", HttpInvoker(InstanceClient(unix_path="/nonexistent")), "arn")
     h.outstanding = outstanding
     return h
 
