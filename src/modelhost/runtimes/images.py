@@ -11,10 +11,22 @@ from modelhost.errors import ValidationError
 _RUNTIME_NAMES: dict[str, str] = {
     "sklearn": "sklearn",
     "scikit-learn": "sklearn",
+    "xgboost": "xgboost",
+    # LightGBM has no first-party SageMaker image (JumpStart's is a script container), so only its name.
+    "lightgbm": "lightgbm",
+    # SageMaker has no ONNX-only image; ONNX models there run on Triton or on their own container.
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "pytorch": "pytorch",
+    "torch": "pytorch",
 }
 # Repository names of SageMaker's public framework images (any account, region, tag or digest).
 _IMAGE_REPOSITORIES: dict[str, str] = {
     "sagemaker-scikit-learn": "sklearn",
+    "sagemaker-xgboost": "xgboost",  # the framework container (also serves the built-in algorithm)
+    "xgboost": "xgboost",  # the built-in algorithm's legacy repository (xgboost:latest, 0.72)
+    "pytorch-inference": "pytorch",
+    "sagemaker-pytorch": "pytorch",
 }
 _EXAMPLE_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
 

@@ -13,6 +13,10 @@ from modelhost.runtimes.runtime import Runtime, RuntimeResources
 # name → "module:factory"; later issues add pytorch, onnx, xgboost, ...
 _RUNTIMES: dict[str, str] = {
     "sklearn": "modelhost.runtimes.sklearn:SklearnRuntime",
+    "xgboost": "modelhost.runtimes.xgboost:XGBoostRuntime",
+    "lightgbm": "modelhost.runtimes.lightgbm:LightGBMRuntime",
+    "onnx": "modelhost.runtimes.onnx:OnnxRuntime",
+    "pytorch": "modelhost.runtimes.pytorch:PytorchRuntime",
 }
 
 

@@ -33,9 +33,24 @@ def test_sklearn_images(image: str) -> None:
 @pytest.mark.parametrize(
     "image",
     [
-        "",
         "pytorch",
-        "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.1-cpu-py310",
+        "torch",
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.1.0-cpu-py310",
+        "763104351884.dkr.ecr.us-west-2.amazonaws.com/pytorch-inference:2.3.0-gpu-py311-cu121-ubuntu20.04-sagemaker",
+        "520713654638.dkr.ecr.us-east-1.amazonaws.com/sagemaker-pytorch:1.5.0-cpu-py3",
+    ],
+)
+def test_pytorch_images(image: str) -> None:
+    assert resolve_runtime(image) == "pytorch"
+    assert "pytorch" in runtime_names()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "",
+        "caffe",
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.1-cpu-py310",
         "registry.local:5000/sagemaker-scikit-learn-extended:1.0",
     ],
 )
