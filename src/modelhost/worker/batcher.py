@@ -12,21 +12,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
-
-from modelhost.errors import ModelhostError
+from modelhost.worker.batch_steps import Pending, decode_one, predict_batch
 from modelhost.worker.batching import BatchPolicy, Dispatch, QueueState, Wait, decide
-from modelhost.worker.dispatch import Done, WorkReply, WorkRequest, error_reply, unexpected_failure
+from modelhost.worker.dispatch import Done, WorkReply, WorkRequest
 from modelhost.worker.health import BusyClock
-from modelhost.worker.pipeline import Decoded, HandlerFailed, Pipeline
+from modelhost.worker.pipeline import Pipeline
 
 log = logging.getLogger("modelhost.worker")
-
-JoinKey = tuple[object, tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,51 +34,16 @@ class _Received:
 
 @dataclass(frozen=True, slots=True)
 class _Queued:
-    """A decoded request waiting for its batch."""
+    """A decoded request waiting for its batch, and where its reply goes."""
 
-    received: _Received
-    decoded: Decoded
-    rows: np.ndarray | None  # its rows for a joined predict call; None: it is predicted alone
-    key: JoinKey | None  # requests join only with equal keys
-    decode_start_ns: int
-    queued_ns: int
+    pending: Pending
+    done: Done
 
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
     done: Done
     reply: WorkReply
-
-
-def join_key(rows: np.ndarray | None) -> JoinKey | None:
-    """Rows of equal dtype and row shape concatenate without changing any value; None: cannot join."""
-    if rows is None or len(rows) == 0:
-        return None
-    # Strings of different lengths concatenate losslessly ("<U5" with "<U9" gives "<U9").
-    dtype: object = rows.dtype.kind if rows.dtype.kind in "US" else rows.dtype
-    return dtype, rows.shape[1:]
-
-
-def split_rows(prediction: object, counts: Sequence[int]) -> list[object]:
-    """One slice of ``prediction`` per request, by its row count, in order."""
-    total = sum(counts)
-    if not isinstance(prediction, np.ndarray | list | tuple) or np.ndim(prediction) == 0:
-        raise HandlerFailed(
-            f"predict_fn returned a {type(prediction).__name__} for a batch of {total} rows from "
-            f"{len(counts)} requests; a batching predict_fn must return an array or list with one result "
-            "per row (docs/batching.md)"
-        )
-    if len(prediction) != total:
-        raise HandlerFailed(
-            f"predict_fn returned {len(prediction)} results for a batch of {total} rows from {len(counts)} "
-            "requests; a batching predict_fn must return one result per row, in order (docs/batching.md)"
-        )
-    parts: list[object] = []
-    start = 0
-    for count in counts:
-        parts.append(prediction[start : start + count])
-        start += count
-    return parts
 
 
 class BatchingDispatcher:
@@ -168,7 +129,7 @@ class BatchingDispatcher:
             QueueState(
                 queued_rows=self._queued_rows,
                 joins_previous=self._joins_previous,
-                oldest_wait_us=(now_ns - queue[0].queued_ns) // 1000 if queue else 0,
+                oldest_wait_us=(now_ns - queue[0].pending.queued_ns) // 1000 if queue else 0,
                 free_slots=self._slots - self._predicting,
                 busy_slots=self._predicting,
                 incoming=len(self._incoming) + self._decoding,
@@ -199,113 +160,37 @@ class BatchingDispatcher:
     def _decode(self, chunk: list[_Received]) -> None:
         decoded: list[_Queued] = []
         failed: list[_Answer] = []
-        pipeline = self._pipeline
         token = self._busy.start()
         try:
             for received in chunk:
-                request = received.request
-                started_ns = self._clock_ns()
-                try:
-                    data = pipeline.decode(
-                        request.body, request.content_type, request.accept, request.headers
-                    )
-                    rows = pipeline.batch_rows(data.data)
-                except ModelhostError as exc:
-                    ended_ns = self._clock_ns()
-                    reply = error_reply(
-                        exc, _us(started_ns - received.submitted_ns), _us(ended_ns - started_ns), 0
-                    )
-                    failed.append(_Answer(received.done, reply))
-                    continue
-                except Exception as exc:
-                    failed.append(_Answer(received.done, error_reply(unexpected_failure(exc), 0, 0, 0)))
-                    continue
-                decoded.append(_Queued(received, data, rows, join_key(rows), started_ns, self._clock_ns()))
+                result = decode_one(self._pipeline, received.request, received.submitted_ns, self._clock_ns)
+                if isinstance(result, Pending):
+                    decoded.append(_Queued(result, received.done))
+                else:
+                    failed.append(_Answer(received.done, result))
         finally:
             self._busy.finish(token)
             with self._wake:
                 self._decoding -= len(chunk)
                 for entry in decoded:
-                    previous = self._queue[-1].key if self._queue else None
+                    previous = self._queue[-1].pending.key if self._queue else None
+                    key = entry.pending.key
                     self._queue.append(entry)
-                    self._queued_rows.append(1 if entry.rows is None else max(1, len(entry.rows)))
-                    self._joins_previous.append(entry.key is not None and entry.key == previous)
+                    self._queued_rows.append(entry.pending.row_count)
+                    self._joins_previous.append(key is not None and key == previous)
         if failed:
             self._loop.call_soon_threadsafe(_deliver, failed)
 
     def _run_batch(self, batch: list[_Queued]) -> None:
-        answers: list[_Answer] = []
         token = self._busy.start()
         try:
-            answers = self._predict_and_encode(batch)
-        except Exception as exc:
-            answers = [
-                _Answer(entry.received.done, error_reply(unexpected_failure(exc), 0, 0, 0)) for entry in batch
-            ]
+            replies = predict_batch(self._pipeline, [entry.pending for entry in batch], self._clock_ns)
         finally:
             self._busy.finish(token)
             with self._wake:
                 self._predicting -= 1
+        answers = [_Answer(entry.done, reply) for entry, reply in zip(batch, replies, strict=True)]
         self._loop.call_soon_threadsafe(_deliver, answers)
-
-    def _predict_and_encode(self, batch: list[_Queued]) -> list[_Answer]:
-        pipeline = self._pipeline
-        counts = [0 if entry.rows is None else len(entry.rows) for entry in batch]
-        total_rows = sum(counts) if len(batch) > 1 or batch[0].rows is not None else 1
-        started_ns = self._clock_ns()
-        try:
-            if len(batch) == 1:
-                # Alone, a request's data goes to predict_fn exactly as input_fn returned it.
-                only = batch[0].decoded
-                parts: list[object] = [pipeline.predict(only.data, only.context)]
-            else:
-                joined = np.concatenate([entry.rows for entry in batch if entry.rows is not None])
-                parts = split_rows(pipeline.predict(joined, None), counts)
-        except ModelhostError as exc:
-            # One prediction for all: when it fails, every request of the batch gets its error.
-            ended_ns = self._clock_ns()
-            return [
-                _Answer(
-                    entry.received.done,
-                    error_reply(exc, *self._timings(entry, started_ns, ended_ns, 0), total_rows),
-                )
-                for entry in batch
-            ]
-        ended_ns = self._clock_ns()
-        answers: list[_Answer] = []
-        for entry, part in zip(batch, parts, strict=True):
-            encode_start_ns = self._clock_ns()
-            try:
-                reply = pipeline.encode(part, entry.decoded, total_rows)
-            except ModelhostError as exc:
-                timings = self._timings(entry, started_ns, ended_ns, self._clock_ns() - encode_start_ns)
-                answers.append(_Answer(entry.received.done, error_reply(exc, *timings, total_rows)))
-                continue
-            queue_us, model_us = self._timings(
-                entry, started_ns, ended_ns, self._clock_ns() - encode_start_ns
-            )
-            answers.append(
-                _Answer(
-                    entry.received.done,
-                    WorkReply(
-                        200, reply.body, reply.content_type, reply.headers, queue_us, model_us, total_rows
-                    ),
-                )
-            )
-        return answers
-
-    @staticmethod
-    def _timings(
-        entry: _Queued, predict_start_ns: int, predict_end_ns: int, encode_ns: int
-    ) -> tuple[int, int]:
-        """(queue_us, model_us): waiting for a thread and a batch; working on input, its batch, output."""
-        waited_ns = (entry.decode_start_ns - entry.received.submitted_ns) + (
-            predict_start_ns - entry.queued_ns
-        )
-        worked_ns = (
-            (entry.queued_ns - entry.decode_start_ns) + (predict_end_ns - predict_start_ns) + encode_ns
-        )
-        return _us(waited_ns), _us(worked_ns)
 
 
 def _deliver(answers: list[_Answer]) -> None:
@@ -315,7 +200,3 @@ def _deliver(answers: list[_Answer]) -> None:
             answer.done(answer.reply)
         except Exception:
             log.exception("a transport's reply callback raised")
-
-
-def _us(ns: int) -> int:
-    return ns // 1000

@@ -19,7 +19,8 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from modelhost.runtimes.sklearn import SklearnRuntime
-from modelhost.worker.batcher import BatchingDispatcher, join_key, split_rows
+from modelhost.worker.batch_steps import join_key, split_rows
+from modelhost.worker.batcher import BatchingDispatcher
 from modelhost.worker.batching import BatchPolicy
 from modelhost.worker.context import HandlerContext
 from modelhost.worker.dispatch import Dispatcher, OneAtATimeDispatcher, WorkReply, WorkRequest

@@ -15,17 +15,7 @@ import orjson
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tests.integration import test_worker_process
-from tests.integration.test_worker_process import (
-    Response,
-    StartWorker,
-    UnixHTTPConnection,
-    Worker,
-    write_code,
-)
-
-# The worker harness of test_worker_process: one fixture, so both files start workers the same way.
-start_worker = test_worker_process.start_worker
+from tests.fixtures.worker_process import Response, StartWorker, UnixHTTPConnection, Worker, write_code
 
 N_FEATURES = 20
 CLIENTS = 32
