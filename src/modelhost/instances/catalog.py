@@ -143,3 +143,9 @@ class InstanceCatalog:
 
     def names(self) -> list[str]:
         return sorted(self._types)
+
+
+def handler_threads(vcpus: float) -> int:
+    """Handler threads of an instance with ``vcpus``: one per whole vCPU, at least one. The worker runs this
+    many, and the router opens as many frame connections to it."""
+    return max(1, round(vcpus))

@@ -38,8 +38,9 @@ class _Pending:
 class _FrameConnection(asyncio.Protocol):
     transport: asyncio.Transport
 
-    def __init__(self, client: FrameClient) -> None:
+    def __init__(self, client: FrameClient, slot: int) -> None:
         self._client = client
+        self.slot = slot
         self._reader = FrameReader()
         self._poll: select.poll | None = None
         self.pending: dict[int, _Pending] = {}
@@ -103,8 +104,8 @@ class FrameClient:
     __slots__ = (
         "_address",
         "_closed",
-        "_conn",
         "_connecting",
+        "_conns",
         "_ids",
         "_loop",
         "_path",
@@ -112,12 +113,14 @@ class FrameClient:
         "_timer_at",
     )
 
-    def __init__(self, unix_path: str) -> None:
+    def __init__(self, unix_path: str, connections: int = 1) -> None:
+        if connections < 1:
+            raise ValueError(f"connections must be at least 1, not {connections}")
         self._path = unix_path
         self._address = f"unix:{unix_path}"
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: _FrameConnection | None = None
-        self._connecting: asyncio.Future[_FrameConnection] | None = None
+        self._conns: list[_FrameConnection | None] = [None] * connections
+        self._connecting: list[asyncio.Future[_FrameConnection] | None] = [None] * connections
         self._ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -126,7 +129,7 @@ class FrameClient:
     @property
     def in_flight(self) -> int:
         """Invocations sent and not yet answered (for tests and metrics)."""
-        return len(self._conn.pending) if self._conn is not None else 0
+        return sum(len(conn.pending) for conn in self._conns if conn is not None)
 
     async def invoke(
         self,
@@ -143,9 +146,15 @@ class FrameClient:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        conn = self._conn
+        conns = self._conns
+        slot, least = 0, math.inf
+        for index, candidate in enumerate(conns):
+            load = len(candidate.pending) if candidate is not None else 0
+            if load < least:
+                slot, least = index, load
+        conn = conns[slot]
         if conn is None or conn.lost or (not conn.pending and conn.peer_gone()):
-            conn = await self._connect(loop, deadline, timeout_s)
+            conn = await self._connect(loop, slot, deadline, timeout_s)
         id = next(self._ids) & 0xFFFFFFFF
         waiter: asyncio.Future[ReplyFrame] = loop.create_future()
         conn.pending[id] = _Pending(waiter, deadline)
@@ -175,15 +184,15 @@ class FrameClient:
         )
 
     async def _connect(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, timeout_s: float
+        self, loop: asyncio.AbstractEventLoop, slot: int, deadline: float, timeout_s: float
     ) -> _FrameConnection:
-        old = self._conn
+        old = self._conns[slot]
         if old is not None and not old.lost and not old.pending:
             old.transport.abort()  # hung up on while idle: nothing of ours is on it
-        connecting = self._connecting
+        connecting = self._connecting[slot]
         if connecting is None:
-            connecting = self._connecting = loop.create_future()
-            loop.create_task(self._open(loop, connecting))
+            connecting = self._connecting[slot] = loop.create_future()
+            loop.create_task(self._open(loop, slot, connecting))
         try:
             async with asyncio.timeout_at(deadline):
                 return await asyncio.shield(connecting)
@@ -192,9 +201,11 @@ class FrameClient:
                 f"could not connect to the instance at {self._address} in {timeout_s} s"
             ) from None
 
-    async def _open(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[_FrameConnection]) -> None:
+    async def _open(
+        self, loop: asyncio.AbstractEventLoop, slot: int, done: asyncio.Future[_FrameConnection]
+    ) -> None:
         try:
-            _, conn = await loop.create_unix_connection(lambda: _FrameConnection(self), self._path)
+            _, conn = await loop.create_unix_connection(lambda: _FrameConnection(self, slot), self._path)
         except OSError as exc:
             if not done.done():
                 done.set_exception(
@@ -208,19 +219,19 @@ class FrameClient:
                     done.set_exception(InstanceNotConnected(f"the client for {self._address} is closed"))
                     done.exception()
             else:
-                self._conn = conn
+                self._conns[slot] = conn
                 if not done.done():
                     done.set_result(conn)
         finally:
-            self._connecting = None
+            self._connecting[slot] = None
 
     def broken(self, conn: _FrameConnection, why: str) -> None:
         conn.broken = why
         conn.transport.abort()  # connection_lost fails what is pending
 
     def lost(self, conn: _FrameConnection) -> None:
-        if self._conn is conn:
-            self._conn = None
+        if self._conns[conn.slot] is conn:
+            self._conns[conn.slot] = None
         unsent = set(conn.unsent)
         for id, entry in list(conn.pending.items()):
             if entry.waiter.done():
@@ -245,31 +256,29 @@ class FrameClient:
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         self._timer_at = next_at = math.inf
-        conn = self._conn
-        if conn is None:
-            return
         # uvloop's clock ticks in milliseconds and may fire a timer up to a tick early.
         now = loop.time() + _CLOCK_SLACK_S
-        for entry in conn.pending.values():
-            if entry.deadline <= now:
-                if not entry.waiter.done():
-                    entry.waiter.set_exception(InstanceTimeout())
-            elif entry.deadline < next_at:
-                next_at = entry.deadline
+        for conn in self._conns:
+            if conn is None:
+                continue
+            for entry in conn.pending.values():
+                if entry.deadline <= now:
+                    if not entry.waiter.done():
+                        entry.waiter.set_exception(InstanceTimeout())
+                elif entry.deadline < next_at:
+                    next_at = entry.deadline
         if next_at < math.inf:
             self._arm(loop, next_at)
 
     async def close(self) -> None:
         """Refuse new invocations; those in flight are answered, then the connection closes."""
         self._closed = True
-        conn = self._conn
-        if conn is None:
-            if self._timer is not None:
-                self._timer.cancel()
-            return
-        if conn.pending:
-            # Each settles: answered, timed out, or failed when the connection goes.
-            await asyncio.wait([entry.waiter for entry in conn.pending.values()])
-        conn.transport.close()
+        conns = [conn for conn in self._conns if conn is not None]
+        waiters = [entry.waiter for conn in conns for entry in conn.pending.values()]
+        if waiters:
+            # Each settles: answered, timed out, or failed when its connection goes.
+            await asyncio.wait(waiters)
+        for conn in conns:
+            conn.transport.close()
         if self._timer is not None:
             self._timer.cancel()

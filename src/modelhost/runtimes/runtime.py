@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from modelhost.instances.catalog import handler_threads
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -22,7 +24,7 @@ class RuntimeResources:
     @property
     def threads(self) -> int:
         """Compute threads for one prediction: one per whole vCPU, at least one."""
-        return max(1, round(self.vcpus))
+        return handler_threads(self.vcpus)
 
 
 class Runtime(Protocol):

@@ -114,9 +114,9 @@ class WorkerProcess:
         app = ContractApp(busy=busy, hang_after_s=options.hang_after_s)
         server = await start_server(app, sock=sock, options=server_options(options))
         self._server = server
-        frames = FrameService(loop)
+        frames = FrameService(loop, busy)
         if frame_sock is not None:
-            await frames.start(frame_sock)
+            frames.start(frame_sock)
         log.info(
             "listening on unix:%s (pid %d, %d handler threads)",
             options.socket_path,
@@ -167,8 +167,10 @@ class WorkerProcess:
             return
         exc = future.exception()
         if exc is None:
-            dispatcher = make_dispatcher(future.result())
-            frames.dispatcher = dispatcher
+            pipeline = future.result()
+            dispatcher = make_dispatcher(pipeline)
+            batching = self._options.batching if pipeline.unbatchable_reason is None else None
+            frames.set_ready(pipeline, batching)
             app.set_ready(dispatcher)
             log.info("loaded in %d ms; ready", round((time.perf_counter() - started) * 1000))
             return

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelhost.instances.catalog import handler_threads
 from modelhost.worker.batching import BatchPolicy
 from modelhost.worker.failure import LoadFailure
 
@@ -43,7 +44,7 @@ class WorkerOptions:
     @property
     def prediction_threads(self) -> int:
         """Handler threads: one per whole vCPU, at least one."""
-        return max(1, round(self.vcpus))
+        return handler_threads(self.vcpus)
 
     @property
     def hang_after_s(self) -> float:

@@ -226,3 +226,41 @@ def test_garbage_on_the_frame_socket_closes_that_connection_only(start_worker: S
         assert odd.recv(100) == b""
     reply = invoke(FrameClient(str(worker.frame_socket_path)), b"[[5.1, 3.5, 1.4, 0.2]]")
     assert (reply.status, reply.body) == (200, b"[0]")
+
+
+def test_requests_waiting_in_the_socket_join_one_batch_and_split_back_in_order(
+    model_dir: Path, start_worker: StartWorker, iris_model: tuple[Path, LogisticRegression, np.ndarray]
+) -> None:
+    _, model, features = iris_model
+    write_code(
+        model_dir,
+        """
+        import time
+
+        SUPPORTS_BATCHING = True
+
+        def predict_fn(data, model):
+            time.sleep(0.02)
+            return model.predict(data)
+        """,
+    )
+    worker = ready(start_worker, env={"MODELHOST_MAX_BATCH_SIZE": "16"})
+
+    async def burst() -> list[InstanceReply]:
+        client = FrameClient(str(worker.frame_socket_path), connections=2)
+        try:
+            calls = [
+                client.invoke(JSON, None, None, None, orjson.dumps([row.tolist()]), 30.0) for row in features
+            ]
+            replies = await asyncio.gather(*calls)
+            assert client.in_flight == 0
+            return replies
+        finally:
+            await client.close()
+
+    replies = asyncio.run(burst())
+    assert [orjson.loads(r.body)[0] for r in replies] == model.predict(features).tolist()
+    sizes = [r.batch_rows or 0 for r in replies]
+    assert max(sizes) == 16 and min(sizes) >= 1
+    # 150 requests at 20 ms per predict_fn call: batches are what let them finish together.
+    assert sum(1 for size in sizes if size > 1) > len(replies) // 2
