@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelhost.domain.specs import ServerProgram
 
 
 class InstanceTypeSpec(BaseModel):
@@ -58,6 +60,11 @@ class Settings(BaseSettings):
     instance_types: dict[str, InstanceTypeSpec] = Field(
         default_factory=dict, description="extra or overridden instance types, by name"
     )
+    container_commands: dict[str, str] = Field(
+        default_factory=dict,
+        description="bring-your-own servers: a JSON object from Image name to the command line of a program "
+        "on this host, run with `serve` appended (an Image that is an absolute path needs no entry)",
+    )
 
     startup_timeout_s: float = Field(
         default=600.0, gt=0, description="how long an instance may take to answer /ping healthy"
@@ -78,6 +85,16 @@ class Settings(BaseSettings):
     )
     max_artifact_bytes: int = Field(default=20 * 1024**3, gt=0, description="largest unpacked model artifact")
     reconcile_interval_s: float = Field(default=1.0, gt=0, description="pause between reconciler passes")
+
+    @field_validator("container_commands")
+    @classmethod
+    def _commands_name_programs(cls, commands: dict[str, str]) -> dict[str, str]:
+        for image, command in commands.items():
+            try:
+                ServerProgram.from_command(command)
+            except ValueError as exc:
+                raise ValueError(f"the command for image {image!r}: {exc}") from None
+        return commands
 
     @property
     def resolved_database_url(self) -> str:

@@ -106,9 +106,8 @@ def _url(server: LiveServer, name: str, files: dict[str, bytes], code: str | Non
 def test_binary_model_answers_every_format_like_the_booster(server: LiveServer, name: str) -> None:
     booster = binary_booster()
     files = {"xgboost-model": bytes(booster.save_raw(raw_format="json"))}
-    # As SageMaker's XGBoost container answers text/csv to a request without Accept.
-    env = {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv"}
-    server.deploy(name, _url(server, name, files), image=FRAMEWORK_IMAGE, env=env)
+    # No Accept: text/csv, as SageMaker's XGBoost container answers.
+    server.deploy(name, _url(server, name, files), image=FRAMEWORK_IMAGE)
     one, many = _rows(1, 6, seed=1), _rows(250, 6, seed=2)
 
     resp = _invoke(server, name, _csv(one), "text/csv")
@@ -150,6 +149,17 @@ def test_pickled_multiclass_booster_under_the_built_in_algorithm_image(server: L
 
     resp = _invoke(server, name, _csv(rows), "text/csv", Accept="text/csv")
     body = resp["Body"].read().decode()
+    # The container's Environment can change the default, as on SageMaker.
+    env_name = name + "-json"
+    server.deploy(
+        env_name,
+        _url(server, env_name, files),
+        image=BUILT_IN_IMAGE,
+        env={"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/json"},
+    )
+    json_resp = _invoke(server, env_name, _csv(rows[:2]), "text/csv")
+    assert json_resp["ContentType"] == "application/json"
+    server.sm.delete_endpoint(EndpointName=env_name)
     assert body.startswith("[") and "\n" not in body  # one line of bracketed probability rows
     np.testing.assert_array_equal(np.array(json.loads(f"[{body}]"), dtype=np.float32), want)
 

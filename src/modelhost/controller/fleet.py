@@ -26,14 +26,14 @@ from modelhost.controller.reconcile import (
     targets,
 )
 from modelhost.controller.supervisor import InstancePlan, ManagedInstance, Supervisor, SupervisorEvents
-from modelhost.domain.specs import DeploymentSpec, deployment_spec
+from modelhost.domain.specs import DeploymentSpec, ServerProgram, deployment_spec
 from modelhost.domain.status import EndpointStatus
 from modelhost.errors import ModelhostError
 from modelhost.ids import log_stream_arn, new_instance_id
+from modelhost.instances.byo import resolve_image
 from modelhost.instances.catalog import InstanceCatalog
 from modelhost.instances.local import LaunchSpec, LocalBackend
 from modelhost.router.table import EndpointRoute, InstanceHandle, RouteTable, VariantRoute
-from modelhost.runtimes.images import resolve_runtime
 from modelhost.settings import Settings
 from modelhost.store.metadata import EndpointRow, MetadataStore
 from modelhost.store.objects import ObjectStore
@@ -145,7 +145,8 @@ class Fleet:
         dep_id = snapshot["id"]
         spec = self._specs.get(dep_id)
         if spec is None:
-            spec = self._specs[dep_id] = deployment_spec(snapshot, resolve_runtime)
+            resolve = partial(resolve_image, commands=self._settings.container_commands)
+            spec = self._specs[dep_id] = deployment_spec(snapshot, resolve)
         return spec
 
     async def reconcile_once(self) -> None:
@@ -224,7 +225,12 @@ class Fleet:
             if row.status in (EndpointStatus.FAILED, EndpointStatus.DELETING):
                 self._table.remove(row.name)
                 continue
-            spec = self._deployment(row.deployment)
+            try:
+                timeout = self._deployment(row.deployment).invocation_timeout_s
+            except ModelhostError:
+                # An image this server no longer understands (say, a name dropped from
+                # MODELHOST_CONTAINER_COMMANDS): its instances fail to plan and say why; others go on.
+                timeout = None
             by_variant: dict[str, list[InstanceHandle]] = {}
             for i in self._instances.values():
                 if (
@@ -243,7 +249,7 @@ class Fleet:
                 for v in row.variants
             )
             old = self._table.routes.get(row.name)
-            timeout = spec.invocation_timeout_s or self._settings.invocation_timeout_s
+            timeout = timeout or self._settings.invocation_timeout_s
             route = EndpointRoute(row.name, variants, timeout, starting=row.status == EndpointStatus.CREATING)
             if (
                 old is None
@@ -283,7 +289,11 @@ class Fleet:
             variant=variant.name,
             runtime=container.runtime,
             model_dir=self._artifacts_dir / row.name / spec.raw["id"] / variant.name / "model",
-            environment=self._worker_environment(container.environment),
+            environment=(
+                dict(container.environment)
+                if isinstance(container.runtime, ServerProgram)
+                else self._worker_environment(container.environment)
+            ),
             vcpus=self._catalog.resources(variant.instance_type).vcpus,
             timeout_s=spec.invocation_timeout_s or self._settings.invocation_timeout_s,
         )

@@ -1,4 +1,4 @@
-"""The life of one instance: fetch its artifact, start its worker, wait for /ping, watch it, stop it.
+"""The life of one instance: fetch its artifact, start its process, wait for /ping, watch it, stop it.
 
 The fleet (fleet.py) decides which instances should exist and hears what happens to them through the
 callbacks given here; this module only moves one instance through its phases.
@@ -17,6 +17,7 @@ from modelhost.clock import Clock
 from modelhost.controller.reconcile import Phase, TargetKey
 from modelhost.errors import ModelhostError
 from modelhost.instances.artifacts import fetch_model_data
+from modelhost.instances.catalog import handler_threads
 from modelhost.instances.local import LaunchSpec, LocalBackend, LocalInstance
 from modelhost.router.frame_client import FrameClient
 from modelhost.router.instance_client import InstanceClient, InstanceTimeout, InstanceUnreachable
@@ -112,7 +113,7 @@ class Supervisor:
     async def _bring_up(self, inst: ManagedInstance, plan: InstancePlan) -> None:
         await self._fetch(plan.launch.model_dir, plan.model_data_url, plan.compression)
         inst.process = await self._backend.start(plan.launch)
-        client = InstanceClient(unix_path=inst.process.socket_path)
+        client = _contract_client(inst.process)
         exit_wait = asyncio.ensure_future(inst.process.process.wait())
         deadline = self._clock.monotonic() + self._settings.startup_timeout_s
         pause = 0.02
@@ -134,8 +135,8 @@ class Supervisor:
                 if done:
                     await client.close()
                     reason = inst.process.failure_reason() or (
-                        f"The worker exited with code {inst.process.process.returncode} before it was "
-                        f"ready. {_tail(inst)}"
+                        f"The {inst.process.what} exited with code {inst.process.process.returncode} before "
+                        f"it answered /ping as healthy. {_tail(inst)}"
                     )
                     self._exit(inst, reason)
                     return
@@ -144,7 +145,12 @@ class Supervisor:
             exit_wait.cancel()
         inst.pinger = client
         frame_socket = inst.process.frame_socket_path
-        invoker: Invoker = FrameClient(frame_socket) if frame_socket is not None else HttpInvoker(client)
+        # Frames for our workers; a bring-your-own server gets the contract's POST /invocations.
+        invoker: Invoker = (
+            FrameClient(frame_socket, connections=handler_threads(plan.launch.vcpus))
+            if frame_socket is not None
+            else HttpInvoker(client)
+        )
         inst.handle = InstanceHandle(inst.id, plan.launch.variant, invoker, plan.log_stream_arn)
         inst.phase = Phase.HEALTHY
         inst.ever_healthy = True
@@ -159,6 +165,10 @@ class Supervisor:
 
     def _fetch_blocking(self, model_dir: Path, url: str, compression: str | None) -> None:
         if model_dir.exists():
+            return
+        if not url:
+            # A bring-your-own server need not have model data (its program may hold everything it needs).
+            model_dir.mkdir(parents=True)
             return
         model_dir.parent.mkdir(parents=True, exist_ok=True)
         fetch_model_data(
@@ -203,6 +213,14 @@ class Supervisor:
                     return
         finally:
             exit_wait.cancel()
+
+
+def _contract_client(process: LocalInstance) -> InstanceClient:
+    """HTTP to the container contract: a server program's loopback port, or our worker's unix socket."""
+    if process.port is not None:
+        return InstanceClient(host="127.0.0.1", port=process.port)
+    assert process.socket_path is not None
+    return InstanceClient(unix_path=process.socket_path)
 
 
 def _tail(inst: ManagedInstance) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from modelhost.controlplane.context import ControlPlaneContext
 from modelhost.controlplane.resources import create_resource, list_resources
-from modelhost.domain.specs import ContainerSpec, model_spec
+from modelhost.domain.specs import ContainerSpec, ServerProgram, model_spec
 from modelhost.errors import ArtifactError, ValidationError
-from modelhost.runtimes.images import resolve_runtime
+from modelhost.instances.byo import check_program, resolve_image
 from modelhost.store import tables
 from modelhost.store.metadata import ResourceRow
 
@@ -19,6 +20,10 @@ def _check_container(ctx: ControlPlaneContext, c: ContainerSpec) -> None:
         raise ValidationError(
             f"Container {c.image}: Mode {c.mode} is not supported by modelhost yet; use SingleModel."
         )
+    if isinstance(c.runtime, ServerProgram):
+        check_program(c.image, c.runtime)
+        if not c.model_data_url:
+            return  # a bring-your-own server may carry everything it needs, as a SageMaker image may
     if not c.model_data_url:
         raise ValidationError(
             f"Container {c.image} has no ModelDataUrl: the {c.runtime} runtime loads its model from an "
@@ -46,7 +51,7 @@ def create_model(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, 
     name = req["ModelName"]
     if bool(req.get("PrimaryContainer")) == bool(req.get("Containers")):
         raise ValidationError("Give exactly one of PrimaryContainer and Containers.")
-    spec = model_spec(req, resolve_runtime)
+    spec = model_spec(req, partial(resolve_image, commands=ctx.settings.container_commands))
     if len(spec.containers) > 1:
         raise ValidationError(
             "Models with several containers (multi-container endpoints and serial inference pipelines) "

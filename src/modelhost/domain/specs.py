@@ -5,15 +5,45 @@ The control plane keeps the requests as sent (that is what Describe returns); th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
+class ServerProgram:
+    """A bring-your-own server: a program on this host, started as ``argv + ["serve"]`` the way SageMaker
+    starts an image, which answers the container contract itself."""
+
+    argv: tuple[str, ...]
+
+    @property
+    def program(self) -> str:
+        return self.argv[0]
+
+    @classmethod
+    def from_command(cls, command: str) -> ServerProgram:
+        """Parse a command line; ``ValueError`` unless it names an absolute path or a bare program name.
+
+        A relative path would depend on the directory modelhost runs in, while the program runs in its own.
+        """
+        argv = tuple(shlex.split(command))
+        if not argv:
+            raise ValueError("the command line is empty")
+        if "/" in argv[0] and not argv[0].startswith("/"):
+            raise ValueError(f"{argv[0]!r} is a relative path; give an absolute path or a name found on PATH")
+        return cls(argv)
+
+
+# What serves a container: one of our runtimes by name (in our worker), or the user's own server program.
+Serving = str | ServerProgram
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     image: str
-    runtime: str
+    runtime: Serving
     model_data_url: str | None
     compression: str | None
     environment: Mapping[str, str]
@@ -57,8 +87,8 @@ class DeploymentSpec:
         raise KeyError(name)
 
 
-def container_spec(c: Mapping[str, Any], resolve_runtime: Any) -> ContainerSpec:
-    """Parse one ContainerDefinition; ``resolve_runtime(image) -> name`` raises for unknown images."""
+def container_spec(c: Mapping[str, Any], resolve_runtime: Callable[[str], Serving]) -> ContainerSpec:
+    """Parse one ContainerDefinition; ``resolve_runtime(image)`` raises for unknown images."""
     source = (c.get("ModelDataSource") or {}).get("S3DataSource") or {}
     url = c.get("ModelDataUrl") or source.get("S3Uri")
     compression = source.get("CompressionType")
@@ -73,7 +103,7 @@ def container_spec(c: Mapping[str, Any], resolve_runtime: Any) -> ContainerSpec:
     )
 
 
-def model_spec(request: Mapping[str, Any], resolve_runtime: Any) -> ModelSpec:
+def model_spec(request: Mapping[str, Any], resolve_runtime: Callable[[str], Serving]) -> ModelSpec:
     raw = (
         [request["PrimaryContainer"]]
         if request.get("PrimaryContainer")
@@ -87,7 +117,7 @@ def model_spec(request: Mapping[str, Any], resolve_runtime: Any) -> ModelSpec:
     )
 
 
-def deployment_spec(snapshot: Mapping[str, Any], resolve_runtime: Any) -> DeploymentSpec:
+def deployment_spec(snapshot: Mapping[str, Any], resolve_runtime: Callable[[str], Serving]) -> DeploymentSpec:
     """Parse an endpoint's snapshot: ``{"id", "config": <CreateEndpointConfig request>, "models": {...}}``."""
     config = snapshot["config"]
     models = {name: model_spec(req, resolve_runtime) for name, req in snapshot["models"].items()}

@@ -1,5 +1,6 @@
-"""The local backend: each instance is a worker subprocess on this host, serving the container contract on
-a unix socket. The controller's supervisor owns these handles; nothing else starts or stops processes."""
+"""The local backend: each instance is a subprocess on this host, serving the container contract: one of our
+workers on a unix socket, or a bring-your-own server program on a loopback port. The controller's
+supervisor owns these handles; nothing else starts or stops processes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelhost.domain.specs import ServerProgram, Serving
+from modelhost.instances.byo import (
+    group_members,
+    kill_group,
+    pick_ports,
+    process_start_time,
+    server_environment,
+)
+
 WORKER_MODULE = "modelhost.worker"
+PARENT_DEATH_MODULE = "modelhost.instances.parent_death"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +33,7 @@ class LaunchSpec:
     instance_id: str
     endpoint: str
     variant: str
-    runtime: str
+    runtime: Serving  # a runtime name for our worker, or the user's own server program
     model_dir: Path
     environment: Mapping[str, str]
     vcpus: float
@@ -31,16 +42,28 @@ class LaunchSpec:
 
 @dataclass(slots=True)
 class LocalInstance:
+    """A started instance. Our worker speaks the contract on ``socket_path``; a bring-your-own server on
+    127.0.0.1:``port``."""
+
     spec: LaunchSpec
     process: asyncio.subprocess.Process
-    socket_path: str  # the container contract over HTTP (/ping, /invocations)
     log_path: Path
-    failure_file: Path
     pid_file: Path
-    frame_socket_path: str | None = None  # invocations in frames, for the router; None: HTTP only
+    socket_path: str | None = None  # our worker: the container contract over HTTP (/ping, /invocations)
+    frame_socket_path: str | None = None  # our worker: invocations in frames, for the router
+    failure_file: Path | None = None  # our worker writes why it could not load here
+    port: int | None = None  # a bring-your-own server: the container contract on 127.0.0.1:port
+
+    @property
+    def what(self) -> str:
+        """How messages name the process."""
+        server = self.spec.runtime
+        return f"server program {server.program}" if isinstance(server, ServerProgram) else "worker"
 
     def failure_reason(self) -> str | None:
         """What the worker wrote before exiting on a load failure, if anything."""
+        if self.failure_file is None:
+            return None
         try:
             text = self.failure_file.read_text(errors="replace").strip()
         except FileNotFoundError:
@@ -80,15 +103,23 @@ class LocalBackend:
         return self._logs_dir / endpoint / variant / f"{instance_id}.log"
 
     def cleanup_stale(self) -> int:
-        """Kill workers a previous server run left behind (normally already gone via the lifeline)."""
+        """Kill instances a previous server run left behind (normally already gone with it: workers through
+        the lifeline, server programs through their parent-death signal)."""
         killed = 0
         if not self._instances_dir.exists():
             return 0
         for pid_file in self._instances_dir.glob("*/pid"):
-            with contextlib.suppress(ValueError, OSError):
-                pid = int(pid_file.read_text())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if WORKER_MODULE.encode() in cmdline:
+            with contextlib.suppress(ValueError, OSError, IndexError):
+                pid_text, _, started = pid_file.read_text().partition(" ")
+                pid = int(pid_text)
+                if started:
+                    # A server program (the start time says it is still that process), or children it left
+                    # in its process group; 0: it was gone before its start time could be read.
+                    start = int(started)
+                    if start and (process_start_time(pid) == str(start) or group_members(pid, start)):
+                        kill_group(pid, signal.SIGKILL)
+                        killed += 1
+                elif WORKER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
             shutil.rmtree(pid_file.parent, ignore_errors=True)
@@ -99,6 +130,8 @@ class LocalBackend:
         inst_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path(spec.endpoint, spec.variant, spec.instance_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(spec.runtime, ServerProgram):
+            return await self._start_server(spec, spec.runtime, inst_dir, log_path)
         socket_path = str(self._socket_dir / f"{spec.instance_id}.sock")
         frame_socket_path = str(self._socket_dir / f"{spec.instance_id}.frames")
         failure_file = inst_dir / "failure"
@@ -119,7 +152,7 @@ class LocalBackend:
             "--model-dir",
             str(spec.model_dir),
             "--runtime",
-            spec.runtime,
+            str(spec.runtime),
             "--vcpus",
             f"{spec.vcpus:g}",
             "--timeout-s",
@@ -142,24 +175,67 @@ class LocalBackend:
             )
         pid_file = inst_dir / "pid"
         pid_file.write_text(str(process.pid))
-        return LocalInstance(spec, process, socket_path, log_path, failure_file, pid_file, frame_socket_path)
+        return LocalInstance(
+            spec,
+            process,
+            log_path,
+            pid_file,
+            socket_path=socket_path,
+            frame_socket_path=frame_socket_path,
+            failure_file=failure_file,
+        )
+
+    async def _start_server(
+        self, spec: LaunchSpec, server: ServerProgram, inst_dir: Path, log_path: Path
+    ) -> LocalInstance:
+        """Start ``<program> serve`` as SageMaker starts an image, in its own process group.
+
+        The program cannot watch our lifeline, so a small exec shim asks the kernel to kill it when this
+        process dies; children it starts die with its process group when the instance stops.
+        """
+        port, safe_port_range = pick_ports()
+        base = {**os.environ, **thread_env(spec.vcpus), **spec.environment}
+        env = server_environment(base, port, safe_port_range, spec.model_dir)
+        argv = [sys.executable, "-m", PARENT_DEATH_MODULE, str(os.getpid()), *server.argv, "serve"]
+        with log_path.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                cwd=str(inst_dir),
+            )
+        pid_file = inst_dir / "pid"
+        # The start time lets a later run tell this process from one that reused its pid.
+        pid_file.write_text(f"{process.pid} {process_start_time(process.pid) or 0}")
+        return LocalInstance(spec, process, log_path, pid_file, port=port)
 
     async def stop(self, inst: LocalInstance, grace_s: float) -> None:
-        """SIGTERM, then SIGKILL after ``grace_s``, as SageMaker stops containers."""
+        """SIGTERM, then SIGKILL after ``grace_s``, as SageMaker stops containers (a server program's whole
+        process group, as stopping a container ends every process in it)."""
         if inst.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                inst.process.send_signal(signal.SIGTERM)
+            self._signal(inst, signal.SIGTERM)
             try:
                 await asyncio.wait_for(inst.process.wait(), grace_s)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    inst.process.kill()
+                self._signal(inst, signal.SIGKILL)
                 await inst.process.wait()
+        if inst.port is not None:
+            kill_group(inst.process.pid, signal.SIGKILL)  # children the program left behind
         self.forget(inst)
 
     def kill_now(self, inst: LocalInstance) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            inst.process.kill()
+        self._signal(inst, signal.SIGKILL)
+
+    def _signal(self, inst: LocalInstance, sig: int) -> None:
+        if inst.port is not None:
+            # start_new_session made the program its group's leader, so its pid is the group id.
+            kill_group(inst.process.pid, sig)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                inst.process.send_signal(sig)
 
     def forget(self, inst: LocalInstance) -> None:
         for path in (inst.socket_path, inst.frame_socket_path):

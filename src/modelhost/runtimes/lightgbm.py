@@ -115,6 +115,10 @@ class LightGBMRuntime:
     def name(self) -> str:
         return "lightgbm"
 
+    @property
+    def default_accept(self) -> str:
+        return codecs.JSON  # JSON, as the other framework containers
+
     def model_fn(self, model_dir: str) -> object:
         path = find_model_file(Path(model_dir), MODEL_FILE_NAMES, _MODEL_SUFFIXES, _EXPECTED_FILES)
         return load_booster(path)

@@ -142,6 +142,10 @@ class OnnxRuntime:
     def name(self) -> str:
         return "onnx"
 
+    @property
+    def default_accept(self) -> str:
+        return codecs.JSON  # JSON, as the other framework containers
+
     def signature(self, session: ort.InferenceSession) -> Signature:
         """The session's inputs and outputs as the model declares them."""
         signature = self._signatures.get(session)

@@ -238,6 +238,10 @@ class PytorchRuntime:
     def name(self) -> str:
         return "pytorch"
 
+    @property
+    def default_accept(self) -> str:
+        return codecs.JSON  # SageMaker's PyTorch container answers JSON
+
     def model_fn(self, model_dir: str) -> object:
         return load_torchscript(find_model_file(Path(model_dir)), self.device)
 

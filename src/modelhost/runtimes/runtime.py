@@ -35,6 +35,12 @@ class Runtime(Protocol):
         """The name the registry knows this runtime by (``sklearn``)."""
         ...
 
+    @property
+    def default_accept(self) -> str:
+        """What the runtime answers a request with no Accept (or ``*/*``), as SageMaker's container for the
+        framework does; ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` in the Environment overrides it."""
+        ...
+
     def model_fn(self, model_dir: str) -> object:
         """Load the model from the unpacked artifact; raise ``ArtifactError`` saying what is missing."""
         ...

@@ -76,6 +76,10 @@ class SklearnRuntime:
     def name(self) -> str:
         return "sklearn"
 
+    @property
+    def default_accept(self) -> str:
+        return codecs.JSON  # SageMaker's scikit-learn container answers JSON
+
     def model_fn(self, model_dir: str) -> object:
         path = find_model_file(Path(model_dir))
         try:

@@ -211,6 +211,10 @@ class XGBoostRuntime:
     def name(self) -> str:
         return "xgboost"
 
+    @property
+    def default_accept(self) -> str:
+        return codecs.CSV  # SageMaker's XGBoost container answers text/csv
+
     def model_fn(self, model_dir: str) -> object:
         path = find_model_file(Path(model_dir), MODEL_FILE_NAMES, _MODEL_SUFFIXES, _EXPECTED_FILES)
         booster = load_booster(path)

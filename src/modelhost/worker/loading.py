@@ -91,5 +91,5 @@ def load_pipeline(options: WorkerOptions) -> Pipeline:
         runtime=runtime,
         handlers=handlers,
         system_properties=properties,
-        default_accept=options.default_accept,
+        default_accept=options.default_accept or runtime.default_accept,
     )

@@ -15,7 +15,6 @@ from modelhost.instances.catalog import handler_threads
 from modelhost.worker.batching import BatchPolicy
 from modelhost.worker.failure import LoadFailure
 
-DEFAULT_ACCEPT = "application/json"
 DEFAULT_HANG_GRACE_S = 5.0
 MAX_BATCH_SIZE_ENV = "MODELHOST_MAX_BATCH_SIZE"
 MAX_BATCH_DELAY_US_ENV = "MODELHOST_MAX_BATCH_DELAY_US"
@@ -37,7 +36,8 @@ class WorkerOptions:
     lifeline_fd: int | None = None  # read end of a pipe from the server; EOF means the server is gone
     hang_grace_s: float = DEFAULT_HANG_GRACE_S  # a prediction past timeout_s + this marks the worker hung
     program: str | None = None  # SAGEMAKER_PROGRAM: the handler file in <model_dir>/code, None = default
-    default_accept: str = DEFAULT_ACCEPT  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT: for absent or */* Accept
+    # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT: for absent or */* Accept; None: the runtime's own default
+    default_accept: str | None = None
     batching: BatchPolicy | None = None  # MODELHOST_*_BATCH_* variables; None: one request at a time
     frame_socket_path: Path | None = None  # unix socket for the router's invocation frames; None: HTTP only
 
@@ -156,7 +156,7 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerOpti
         lifeline_fd=args.lifeline_fd,
         hang_grace_s=max(0.0, args.hang_grace_s),
         program=environ.get("SAGEMAKER_PROGRAM") or None,
-        default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or DEFAULT_ACCEPT,
+        default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or None,
         batching=batching,
         frame_socket_path=args.frame_socket,
     )

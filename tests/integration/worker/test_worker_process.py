@@ -244,6 +244,6 @@ def test_model_fn_error_writes_type_message_and_line(model_dir: Path, start_work
 
 
 def test_unknown_runtime_writes_the_failure_file(model_dir: Path, start_worker: StartWorker) -> None:
-    worker = start_worker("--runtime", "tensorflow")
+    worker = start_worker("--runtime", "caffe")
     assert worker.wait_exit() == 1
-    assert "Unknown runtime 'tensorflow': known runtimes are sklearn" in worker.failure_file.read_text()
+    assert "Unknown runtime 'caffe': known runtimes are sklearn" in worker.failure_file.read_text()

@@ -12,5 +12,5 @@ def test_sklearn_is_registered() -> None:
 
 
 def test_unknown_runtime_lists_the_known_ones() -> None:
-    with pytest.raises(ValidationError, match="Unknown runtime 'tensorflow': known runtimes are sklearn"):
-        load_runtime("tensorflow")
+    with pytest.raises(ValidationError, match="Unknown runtime 'caffe': known runtimes are sklearn"):
+        load_runtime("caffe")

@@ -66,8 +66,8 @@ def test_missing_model_dir_is_a_load_failure(make_options: MakeOptions, tmp_path
 
 
 def test_unknown_runtime_is_a_load_failure(make_options: MakeOptions) -> None:
-    with pytest.raises(LoadFailure, match="Unknown runtime 'tensorflow': known runtimes are sklearn"):
-        load_pipeline(make_options(runtime="tensorflow"))
+    with pytest.raises(LoadFailure, match="Unknown runtime 'caffe': known runtimes are sklearn"):
+        load_pipeline(make_options(runtime="caffe"))
 
 
 def test_model_fn_raising_names_type_message_and_line(

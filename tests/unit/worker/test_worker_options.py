@@ -40,7 +40,7 @@ def test_command_line_and_environment() -> None:
 def test_defaults_without_environment() -> None:
     options = parse_options(ARGV, {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": ""})
     assert options.program is None
-    assert options.default_accept == "application/json"
+    assert options.default_accept is None  # the runtime's own default applies
     assert options.lifeline_fd is None
 
 
