@@ -19,6 +19,8 @@ _RUNTIME_NAMES: dict[str, str] = {
     "onnxruntime": "onnx",
     "pytorch": "pytorch",
     "torch": "pytorch",
+    "tensorflow": "tensorflow",
+    "tf": "tensorflow",
 }
 # Repository names of SageMaker's public framework images (any account, region, tag or digest).
 _IMAGE_REPOSITORIES: dict[str, str] = {
@@ -27,6 +29,8 @@ _IMAGE_REPOSITORIES: dict[str, str] = {
     "xgboost": "xgboost",  # the built-in algorithm's legacy repository (xgboost:latest, 0.72)
     "pytorch-inference": "pytorch",
     "sagemaker-pytorch": "pytorch",
+    "tensorflow-inference": "tensorflow",  # TensorFlow Serving, the DLC image
+    "sagemaker-tensorflow-serving": "tensorflow",  # its legacy repository
 }
 _EXAMPLE_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
 

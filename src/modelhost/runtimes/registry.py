@@ -17,6 +17,7 @@ _RUNTIMES: dict[str, str] = {
     "lightgbm": "modelhost.runtimes.lightgbm:LightGBMRuntime",
     "onnx": "modelhost.runtimes.onnx:OnnxRuntime",
     "pytorch": "modelhost.runtimes.pytorch:PytorchRuntime",
+    "tensorflow": "modelhost.runtimes.tensorflow:TensorflowRuntime",
 }
 
 
