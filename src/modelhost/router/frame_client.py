@@ -157,10 +157,14 @@ class FrameClient:
             conn = await self._connect(loop, slot, deadline, timeout_s)
         id = next(self._ids) & 0xFFFFFFFF
         waiter: asyncio.Future[ReplyFrame] = loop.create_future()
+        idle = not conn.pending
         conn.pending[id] = _Pending(waiter, deadline)
         conn.out += encode_request(id, content_type, accept, custom_attributes, inference_id, body)
         conn.unsent.append(id)
-        if not conn.flush_scheduled:
+        if idle and not conn.flush_scheduled:
+            # Nothing in flight here, so no burst to join: write now rather than a loop turn later.
+            conn.flush()
+        elif not conn.flush_scheduled:
             conn.flush_scheduled = True
             loop.call_soon(conn.flush)
         if deadline < self._timer_at:
