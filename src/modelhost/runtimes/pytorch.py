@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from modelhost.errors import ArtifactError
-from modelhost.runtimes import codecs
+from modelhost.runtimes import artifacts, codecs
 from modelhost.runtimes.runtime import RuntimeResources
 
 # The SageMaker PyTorch toolkit looks for model.pt; model.pth is the other common spelling.
 MODEL_FILE_NAMES = ("model.pt", "model.pth")
 _MODEL_SUFFIXES = (".pt", ".pth")
-_LISTED_FILES_MAX = 20
 _LISTED_KEYS_MAX = 4
 # Numbers in text bodies carry no precision; floats become float32, as the toolkit's FloatTensor does.
 # Integers stay int64 so that token ids and indices reach embeddings unchanged.
@@ -57,23 +56,11 @@ class InputMismatch(codecs.CodecError):
 
 def find_model_file(model_dir: Path) -> Path:
     """The artifact to load: ``model.pt``, ``model.pth``, else the only ``*.pt``/``*.pth`` file."""
-    for name in MODEL_FILE_NAMES:
-        candidate = model_dir / name
-        if candidate.is_file():
-            return candidate
-    entries = sorted(model_dir.iterdir()) if model_dir.is_dir() else []
-    candidates = [entry for entry in entries if entry.is_file() and entry.suffix in _MODEL_SUFFIXES]
-    if len(candidates) == 1:
-        return candidates[0]
-    listed = ", ".join(entry.name + ("/" if entry.is_dir() else "") for entry in entries[:_LISTED_FILES_MAX])
-    if len(entries) > _LISTED_FILES_MAX:
-        listed += f", ... ({len(entries)} entries)"
-    found = f"found: {listed}" if entries else "the directory is empty"
-    if len(candidates) > 1:
-        found = f"found several candidates: {', '.join(entry.name for entry in candidates)}"
-    raise ArtifactError(
-        f"No TorchScript model found in {model_dir}: expected model.pt, model.pth or a single *.pt/*.pth "
-        f"file, or define model_fn in code/inference.py ({found})"
+    return artifacts.find_model_file(
+        model_dir,
+        MODEL_FILE_NAMES,
+        _MODEL_SUFFIXES,
+        "a TorchScript model.pt, model.pth or a single *.pt/*.pth file",
     )
 
 

@@ -12,35 +12,18 @@ import joblib
 import numpy as np
 
 from modelhost.errors import ArtifactError
-from modelhost.runtimes import codecs
+from modelhost.runtimes import artifacts, codecs
 from modelhost.runtimes.runtime import RuntimeResources
 
 # Searched in this order at the top level of the model dir; SageMaker's examples save model.joblib.
 MODEL_FILE_NAMES = ("model.joblib", "model.pkl", "model.pickle")
 _MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle")
-_LISTED_FILES_MAX = 20
 
 
 def find_model_file(model_dir: Path) -> Path:
     """The artifact to load: a conventional name, else the only ``*.joblib``/``*.pkl``/``*.pickle`` file."""
-    for name in MODEL_FILE_NAMES:
-        candidate = model_dir / name
-        if candidate.is_file():
-            return candidate
-    entries = sorted(model_dir.iterdir()) if model_dir.is_dir() else []
-    candidates = [entry for entry in entries if entry.is_file() and entry.suffix in _MODEL_SUFFIXES]
-    if len(candidates) == 1:
-        return candidates[0]
-    listed = ", ".join(entry.name + ("/" if entry.is_dir() else "") for entry in entries[:_LISTED_FILES_MAX])
-    if len(entries) > _LISTED_FILES_MAX:
-        listed += f", ... ({len(entries)} entries)"
-    found = f"found: {listed}" if entries else "the directory is empty"
-    if len(candidates) > 1:
-        found = f"found several candidates: {', '.join(entry.name for entry in candidates)}"
-    raise ArtifactError(
-        f"No model file found in {model_dir}: expected {', '.join(MODEL_FILE_NAMES[:-1])} or "
-        f"{MODEL_FILE_NAMES[-1]}, or define model_fn in code/inference.py ({found})"
-    )
+    expected = f"{', '.join(MODEL_FILE_NAMES[:-1])} or {MODEL_FILE_NAMES[-1]}"
+    return artifacts.find_model_file(model_dir, MODEL_FILE_NAMES, _MODEL_SUFFIXES, expected)
 
 
 def _sklearn_version() -> str:

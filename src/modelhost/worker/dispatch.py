@@ -131,29 +131,39 @@ class OneAtATimeDispatcher:
         return max(0, self._submitted - self._started)
 
     def _run(self, request: WorkRequest, done: Done, submitted_ns: int) -> None:
-        # On a handler thread. Timed here, not when queued, so /ping can tell a stuck handler from a backlog.
-        started_ns = self._clock_ns()
+        # On a handler thread.
         self._started = next(self._start_counter)
-        token = self._busy.start()
-        try:
-            reply = self._pipeline.invoke(request.body, request.content_type, request.accept, request.headers)
-        except ModelhostError as exc:
-            result = error_reply(exc, _us(started_ns - submitted_ns), _us(self._clock_ns() - started_ns), 0)
-        except Exception as exc:
-            result = error_reply(unexpected_failure(exc), 0, 0, 0)
-        else:
-            result = WorkReply(
-                200,
-                reply.body,
-                reply.content_type,
-                reply.headers,
-                _us(started_ns - submitted_ns),
-                _us(self._clock_ns() - started_ns),
-                reply.rows,
-            )
-        finally:
-            self._busy.finish(token)
+        result = run_whole(self._pipeline, request, submitted_ns, self._busy, self._clock_ns)
         self._loop.call_soon_threadsafe(done, result)
+
+
+def run_whole(
+    pipeline: Pipeline, request: WorkRequest, submitted_ns: int, busy: BusyClock, clock_ns: Callable[[], int]
+) -> WorkReply:
+    """The whole pipeline for one request on the calling thread, as a reply; never raises.
+
+    The busy clock starts here, not when the request was queued, so /ping can tell a stuck handler from a
+    backlog.
+    """
+    started_ns = clock_ns()
+    token = busy.start()
+    try:
+        reply = pipeline.invoke(request.body, request.content_type, request.accept, request.headers)
+    except ModelhostError as exc:
+        return error_reply(exc, _us(started_ns - submitted_ns), _us(clock_ns() - started_ns), 0)
+    except Exception as exc:
+        return error_reply(unexpected_failure(exc), 0, 0, 0)
+    finally:
+        busy.finish(token)
+    return WorkReply(
+        200,
+        reply.body,
+        reply.content_type,
+        reply.headers,
+        _us(started_ns - submitted_ns),
+        _us(clock_ns() - started_ns),
+        reply.rows,
+    )
 
 
 def _us(ns: int) -> int:

@@ -22,11 +22,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from modelhost.errors import ModelhostError
 from modelhost.frames import FrameError, FrameReader, RequestFrame, encode_reply
 from modelhost.worker.batch_steps import Pending, decode_one, predict_batch
 from modelhost.worker.batching import BatchPolicy, Dispatch, QueueState, Wait, decide
-from modelhost.worker.dispatch import NOT_LOADED, WorkReply, WorkRequest, error_reply, unexpected_failure
+from modelhost.worker.dispatch import NOT_LOADED, WorkReply, WorkRequest, run_whole
 from modelhost.worker.health import BusyClock
 from modelhost.worker.pipeline import Pipeline
 
@@ -167,27 +166,7 @@ class FrameRunner:
     def _run_one(self, pipeline: Pipeline) -> None:
         pool = self._pool
         frame, received_ns = self._queue.popleft()
-        request = _work(frame)
-        started_ns = pool.clock_ns()
-        token = pool.busy.start()
-        try:
-            reply = pipeline.invoke(request.body, request.content_type, request.accept, request.headers)
-        except ModelhostError as exc:
-            result = error_reply(exc, _us(started_ns - received_ns), _us(pool.clock_ns() - started_ns), 0)
-        except Exception as exc:
-            result = error_reply(unexpected_failure(exc), 0, 0, 0)
-        else:
-            result = WorkReply(
-                200,
-                reply.body,
-                reply.content_type,
-                reply.headers,
-                _us(started_ns - received_ns),
-                _us(pool.clock_ns() - started_ns),
-                reply.rows,
-            )
-        finally:
-            pool.busy.finish(token)
+        result = run_whole(pipeline, _work(frame), received_ns, pool.busy, pool.clock_ns)
         self._sock.sendall(b"".join(_encode(frame.id, result, len(self._queue))))
 
     def _run_batches(self, pipeline: Pipeline, policy: BatchPolicy) -> None:
@@ -295,7 +274,3 @@ def _encode(id: int, reply: WorkReply, waiting: int) -> list[bytes]:
         attrs,
         reply.body,
     )
-
-
-def _us(ns: int) -> int:
-    return ns // 1000

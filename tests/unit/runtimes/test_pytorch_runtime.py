@@ -117,8 +117,8 @@ def test_missing_model_file_says_what_was_expected_and_found(tmp_path: Path) -> 
     with pytest.raises(ArtifactError) as caught:
         RUNTIME.model_fn(str(tmp_path))
     assert caught.value.message == (
-        f"No TorchScript model found in {tmp_path}: expected model.pt, model.pth or a single *.pt/*.pth "
-        "file, or define model_fn in code/inference.py (found: code/, weights.bin)"
+        f"No model file found in {tmp_path}: expected a TorchScript model.pt, model.pth or a single "
+        "*.pt/*.pth file, or define model_fn in code/inference.py (found: code/, weights.bin)"
     )
 
 
