@@ -78,7 +78,7 @@ class Buckets:
 
 
 def _le(bound: int) -> str:
-    """A bucket bound as prometheus-client writes it (``100.0``, ``1e+06``), so dashboards match either way."""
+    """A bucket bound as prometheus-client writes it (``100.0``, ``1e+06``): dashboards match either way."""
     return repr(float(bound)) if bound < 1e6 else f"{float(bound):.1e}".replace(".0e", "e")
 
 
