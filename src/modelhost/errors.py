@@ -65,6 +65,16 @@ class ModelInvocationError(ModelhostError):
         self.log_stream_arn = log_stream_arn
 
 
+class ModelStreamFailure(ModelhostError):
+    """A response stream broke after it began (SageMaker's ModelStreamError event). ``error_code`` is
+    ``StreamBroken`` (the model's connection failed, or the model raised) or
+    ``ModelInvocationTimeExceeded``."""
+
+    def __init__(self, message: str, error_code: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
 class ModelNotReady(ModelhostError):
     """The endpoint exists but has no instance ready to take the request; retry later."""
 

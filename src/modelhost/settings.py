@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     startup_timeout_s: float = Field(
         default=600.0, gt=0, description="how long an instance may take to answer /ping healthy"
     )
+    requirements_install_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="how long pip may take to install a model's code/requirements.txt, before the startup "
+        "timeout starts (docs/requirements.md)",
+    )
     health_check_interval_s: float = Field(default=2.0, gt=0, description="pause between pings")
     ping_timeout_s: float = Field(default=2.0, gt=0, description="deadline of one /ping")
     unhealthy_after_failures: int = Field(

@@ -21,9 +21,9 @@ _JSON = [(b"content-type", b"application/json")]
 _PROMETHEUS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 _ASYNC_ONLY = {
     b"async-invocations": b"InvokeEndpointAsync (asynchronous inference)",
-    b"invocations-response-stream": b"InvokeEndpointWithResponseStream (response streaming)",
 }
 _ENDPOINTS = b"/endpoints/"
+_INVOCATIONS = (b"invocations", b"invocations-response-stream")
 _LOGS_PREFIX = "/modelhost/v1/endpoints/"
 
 
@@ -56,6 +56,9 @@ class App:
                 if action == b"invocations":
                     self._runtime.invoke(_name(name), request.headers, request.body, responder.send)
                     return
+                if action == b"invocations-response-stream":
+                    self._runtime.invoke_stream(_name(name), request.headers, request.body, responder)
+                    return
                 feature = _ASYNC_ONLY.get(action)
                 if feature is not None:
                     body = b'{"message": "%s is not supported by modelhost yet."}' % feature
@@ -83,7 +86,7 @@ class App:
         """Answers a request whose body is over ``max_body_bytes`` with the error its route would give."""
         path = request.path
         name, _, action = path[len(_ENDPOINTS) :].partition(b"/")
-        if request.method == b"POST" and path.startswith(_ENDPOINTS) and action == b"invocations":
+        if request.method == b"POST" and path.startswith(_ENDPOINTS) and action in _INVOCATIONS:
             self._runtime.reject_too_large(_name(name), responder.send)
         elif path == b"/":
             self._control_plane.reject_too_large(responder.send)

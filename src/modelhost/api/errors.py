@@ -34,6 +34,13 @@ RUNTIME: tuple[tuple[type[e.ModelhostError], WireError], ...] = (
     (e.ModelhostError, WireError("InternalFailure", 500)),
 )
 
+# Errors after an InvokeEndpointWithResponseStream answer has begun travel as exception events in the stream,
+# under these shape names; the HTTP status (200) is already sent, so the status here is never written.
+STREAM: tuple[tuple[type[e.ModelhostError], WireError], ...] = (
+    (e.ModelStreamFailure, WireError("ModelStreamError", 200)),
+    (e.ModelhostError, WireError("InternalStreamFailure", 200)),
+)
+
 INTERNAL = WireError("InternalFailure", 500)
 
 

@@ -15,6 +15,7 @@ import orjson
 
 from modelhost.api.errors import RUNTIME, lookup
 from modelhost.api.metrics import InvocationMetrics
+from modelhost.api.response_stream import ResponseStreamApi
 from modelhost.errors import (
     InternalFailure,
     ModelhostError,
@@ -22,7 +23,7 @@ from modelhost.errors import (
     ServiceUnavailable,
     ValidationError,
 )
-from modelhost.http import Respond
+from modelhost.http import Respond, Responder
 from modelhost.router.invoke import InvokeRequest, Router
 
 log = logging.getLogger("modelhost.api")
@@ -51,7 +52,8 @@ _NOT_YET = {
 
 
 class RuntimeApi:
-    """InvokeEndpoint. Each invocation runs in a Task of its own, which this object owns until it ends."""
+    """InvokeEndpoint (and, through ``invoke_stream``, InvokeEndpointWithResponseStream). Each invocation
+    runs in a Task of its own, which this object owns until it ends."""
 
     def __init__(self, router: Router, metrics: InvocationMetrics, max_payload_bytes: int) -> None:
         self._router = router
@@ -59,6 +61,7 @@ class RuntimeApi:
         self._max_payload = max_payload_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._streams = ResponseStreamApi(router, metrics, max_payload_bytes, self._fail)
 
     @property
     def max_payload_bytes(self) -> int:
@@ -100,6 +103,12 @@ class RuntimeApi:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
+    def invoke_stream(
+        self, endpoint: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, responder: Responder
+    ) -> None:
+        """Start one InvokeEndpointWithResponseStream (api/response_stream.py)."""
+        self._streams.invoke(endpoint, headers, body, responder)
+
     def reject_too_large(self, endpoint: str, respond: Respond) -> None:
         """Answer a request whose body the HTTP server would not even buffer."""
         self._fail(respond, self._too_large(), endpoint, None)
@@ -110,6 +119,7 @@ class RuntimeApi:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._streams.close()
 
     def _too_large(self) -> ValidationError:
         return ValidationError(

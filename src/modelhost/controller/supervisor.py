@@ -10,18 +10,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modelhost.clock import Clock
 from modelhost.controller.reconcile import Phase, TargetKey
+from modelhost.domain.specs import ServerProgram
 from modelhost.errors import ModelhostError
 from modelhost.instances.artifacts import fetch_model_data
 from modelhost.instances.catalog import handler_threads
 from modelhost.instances.local import LaunchSpec, LocalBackend, LocalInstance
+from modelhost.instances.model_envs import ModelEnvs
 from modelhost.router.frame_client import FrameClient
 from modelhost.router.instance_client import InstanceClient, InstanceTimeout, InstanceUnreachable
 from modelhost.router.invoker import HttpInvoker, Invoker
+from modelhost.router.stream_client import StreamClient
 from modelhost.router.table import InstanceHandle
 from modelhost.settings import Settings
 from modelhost.store.objects import ObjectStore
@@ -78,6 +81,9 @@ class Supervisor:
         self._clock = clock
         self._events = events
         self._fetch_locks: dict[Path, asyncio.Lock] = {}
+        self._envs = ModelEnvs(
+            settings.data_dir / "envs", install_timeout_s=settings.requirements_install_timeout_s
+        )
 
     async def run(self, inst: ManagedInstance, plan: InstancePlan) -> None:
         """Bring ``inst`` up and watch it until it exits or stops answering; cancelled to stop it."""
@@ -100,6 +106,8 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(inst.handle.drained(), self._settings.invocation_timeout_s)
             await inst.handle.client.close()
+            if inst.handle.stream_client is not None:
+                await inst.handle.stream_client.close()
         if inst.pinger is not None:
             await inst.pinger.close()
         if inst.process is not None:
@@ -112,7 +120,7 @@ class Supervisor:
 
     async def _bring_up(self, inst: ManagedInstance, plan: InstancePlan) -> None:
         await self._fetch(plan.launch.model_dir, plan.model_data_url, plan.compression)
-        inst.process = await self._backend.start(plan.launch)
+        inst.process = await self._backend.start(await self._with_requirements(plan.launch))
         client = _contract_client(inst.process)
         exit_wait = asyncio.ensure_future(inst.process.process.wait())
         deadline = self._clock.monotonic() + self._settings.startup_timeout_s
@@ -151,7 +159,9 @@ class Supervisor:
             if frame_socket is not None
             else HttpInvoker(client)
         )
-        inst.handle = InstanceHandle(inst.id, plan.launch.variant, invoker, plan.log_stream_arn)
+        inst.handle = InstanceHandle(
+            inst.id, plan.launch.variant, invoker, plan.log_stream_arn, _stream_client(inst.process)
+        )
         inst.phase = Phase.HEALTHY
         inst.ever_healthy = True
         log.info("instance %s of %s/%s is healthy", inst.id, plan.launch.endpoint, plan.launch.variant)
@@ -178,6 +188,15 @@ class Supervisor:
             max_bytes=self._settings.max_artifact_bytes,
             compression=compression,
         )
+
+    async def _with_requirements(self, launch: LaunchSpec) -> LaunchSpec:
+        """Our worker runs a model that has code/requirements.txt on that file's environment, installed
+        first if need be (docs/requirements.md); a bring-your-own server installs what it needs itself."""
+        if isinstance(launch.runtime, ServerProgram):
+            return launch
+        log_path = self._backend.log_path(launch.endpoint, launch.variant, launch.instance_id)
+        python = await self._envs.interpreter(launch.model_dir, launch.environment, log_path)
+        return launch if python is None else replace(launch, python=python)
 
     async def _ping(self, client: InstanceClient) -> bool:
         try:
@@ -221,6 +240,14 @@ def _contract_client(process: LocalInstance) -> InstanceClient:
         return InstanceClient(host="127.0.0.1", port=process.port)
     assert process.socket_path is not None
     return InstanceClient(unix_path=process.socket_path)
+
+
+def _stream_client(process: LocalInstance) -> StreamClient:
+    """Streamed invocations go over HTTP to the same contract address (docs/streaming.md)."""
+    if process.port is not None:
+        return StreamClient(host="127.0.0.1", port=process.port)
+    assert process.socket_path is not None
+    return StreamClient(unix_path=process.socket_path)
 
 
 def _tail(inst: ManagedInstance) -> str:

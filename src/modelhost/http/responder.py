@@ -155,14 +155,22 @@ class Responder:
         else:
             self._out(chunk)
 
-    def end(self) -> None:
-        """Finish a started response."""
+    def end(self, trailers: ResponseHeaders = ()) -> None:
+        """Finish a started response. ``trailers`` follow a chunked body (RFC 9112 7.1.2); a body that is not
+        chunked has no place for them, and they are dropped."""
         if self._state != _STARTED:
             if self._state == _GONE:
                 return
             raise RuntimeError("end() needs a started, unfinished response")
         if self._chunked and not self._head_only:
-            self._out(b"0\r\n\r\n")
+            if trailers:
+                parts = [b"0\r\n"]
+                for name, value in trailers:
+                    parts += (name, b": ", value, b"\r\n")
+                parts.append(b"\r\n")
+                self._out(b"".join(parts))
+            else:
+                self._out(b"0\r\n\r\n")
         self._state = _DONE
         self._on_close = None
         if self._buffer is None:

@@ -38,6 +38,8 @@ class LaunchSpec:
     environment: Mapping[str, str]
     vcpus: float
     timeout_s: float
+    # Our worker's interpreter: its model's requirements environment (model_envs.py); None: modelhost's own.
+    python: Path | None = None
 
 
 @dataclass(slots=True)
@@ -141,8 +143,11 @@ class LocalBackend:
             **spec.environment,
             "SM_MODEL_DIR": str(spec.model_dir),
         }
+        if spec.python is not None:
+            # The environment's console scripts come first on PATH, as pip's scripts do in a container.
+            env["PATH"] = os.pathsep.join(filter(None, (str(spec.python.parent), env.get("PATH"))))
         argv = [
-            sys.executable,
+            str(spec.python or sys.executable),
             "-m",
             WORKER_MODULE,
             "--socket",

@@ -9,9 +9,16 @@ import random
 import time
 from dataclasses import dataclass
 
-from modelhost.errors import ModelInvocationError, ModelNotReady, ServiceUnavailable, ValidationError
+from modelhost.errors import (
+    InternalFailure,
+    ModelInvocationError,
+    ModelNotReady,
+    ServiceUnavailable,
+    ValidationError,
+)
 from modelhost.router.choice import choose_instance, choose_variant
 from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
+from modelhost.router.streaming import STREAM_REQUEST_HEADER, ModelStream
 from modelhost.router.table import InstanceHandle, RouteTable
 
 
@@ -96,17 +103,102 @@ class Router:
         return handle, route.timeout_s
 
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
-        in_flight = self.in_flight.get(req.endpoint, 0)
-        if in_flight >= self._max_per_endpoint:
-            raise ServiceUnavailable(
-                f"Endpoint {req.endpoint} has {in_flight} requests in flight, its limit "
-                f"(MODELHOST_MAX_CONCURRENCY_PER_ENDPOINT); retry shortly, or add instances."
-            )
-        self.in_flight[req.endpoint] = in_flight + 1
+        self._admit(req.endpoint)
         try:
             return await self._invoke(req)
         finally:
             self.in_flight[req.endpoint] -= 1
+
+    def _admit(self, endpoint: str) -> None:
+        in_flight = self.in_flight.get(endpoint, 0)
+        if in_flight >= self._max_per_endpoint:
+            raise ServiceUnavailable(
+                f"Endpoint {endpoint} has {in_flight} requests in flight, its limit "
+                f"(MODELHOST_MAX_CONCURRENCY_PER_ENDPOINT); retry shortly, or add instances."
+            )
+        self.in_flight[endpoint] = in_flight + 1
+
+    async def open_stream(self, req: InvokeRequest) -> ModelStream:
+        """A streamed invocation (InvokeEndpointWithResponseStream): returns once an instance has begun a
+        successful answer, which the caller reads and then closes. Fails as ``invoke`` does before that.
+
+        The request counts against the endpoint's and the instance's limits until the stream is closed.
+        """
+        self._admit(req.endpoint)
+        try:
+            handle, timeout_s = self._pick(req)
+            try:
+                return await self._open_stream(req, handle, timeout_s)
+            except InstanceNotConnected:
+                pass  # as in _invoke: it never reached that instance; try another once
+            try:
+                other, timeout_s = self._pick(req, avoid=handle)
+                return await self._open_stream(req, other, timeout_s)
+            except (ServiceUnavailable, InstanceNotConnected):
+                raise ServiceUnavailable(
+                    f"No instance of endpoint {req.endpoint} accepted the request (instance {handle.id} is "
+                    "not accepting connections; it is being replaced). Retry shortly."
+                ) from None
+        except BaseException:
+            self.in_flight[req.endpoint] -= 1
+            raise
+
+    async def _open_stream(self, req: InvokeRequest, handle: InstanceHandle, timeout_s: float) -> ModelStream:
+        client = handle.stream_client
+        if client is None:
+            raise InternalFailure(f"Instance {handle.id} was started without a streaming connection.")
+        headers = [STREAM_REQUEST_HEADER]
+        if req.content_type is not None:
+            headers.append((b"content-type", req.content_type))
+        if req.accept is not None:
+            headers.append((b"accept", req.accept))
+        if req.custom_attributes is not None:
+            headers.append((b"x-amzn-sagemaker-custom-attributes", req.custom_attributes))
+        if req.inference_id is not None:
+            headers.append((b"x-amzn-sagemaker-inference-id", req.inference_id))
+        handle.outstanding += 1
+        started = time.perf_counter_ns()
+        try:
+            stream = await client.open("POST", "/invocations", headers, req.body, timeout_s)
+        except InstanceTimeout:
+            handle.release()
+            raise self._model_error(
+                handle,
+                0,
+                f"The model did not begin its response within {timeout_s:g} s, the endpoint's invocation "
+                "timeout. Make it faster, or raise SAGEMAKER_MODEL_SERVER_TIMEOUT in the model's "
+                "Environment.",
+            ) from None
+        except InstanceNotConnected:
+            handle.release()
+            raise
+        except InstanceUnreachable as exc:
+            handle.release()
+            raise self._model_error(
+                handle,
+                0,
+                f"Instance {handle.id} closed the connection before answering ({exc}); its "
+                "process may have exited while handling the request.",
+            ) from None
+        except BaseException:
+            handle.release()
+            raise
+        endpoint = req.endpoint
+
+        def release() -> None:
+            self.in_flight[endpoint] -= 1
+
+        if stream.status < 300:
+            # The counts taken for this request are released when the stream is closed.
+            return ModelStream(stream, handle, timeout_s, release, started)
+        try:
+            body = await stream.read_all()
+        except (InstanceTimeout, InstanceUnreachable):
+            body = b""
+        finally:
+            stream.close()
+            handle.release()
+        raise self._model_error(handle, stream.status, body.decode("utf-8", "replace"))
 
     async def _invoke(self, req: InvokeRequest) -> InvokeResult:
         handle, timeout_s = self._pick(req)

@@ -7,17 +7,37 @@ import asyncio
 from dataclasses import dataclass, field
 
 from modelhost.router.invoker import Invoker
+from modelhost.router.stream_client import StreamClient
 
 
 class InstanceHandle:
     """One routable instance. Outlives table rebuilds, so its outstanding count stays true across them."""
 
-    __slots__ = ("_idle", "client", "draining", "id", "log_stream_arn", "outstanding", "variant", "waiting")
+    __slots__ = (
+        "_idle",
+        "client",
+        "draining",
+        "id",
+        "log_stream_arn",
+        "outstanding",
+        "stream_client",
+        "variant",
+        "waiting",
+    )
 
-    def __init__(self, id: str, variant: str, client: Invoker, log_stream_arn: str) -> None:
+    def __init__(
+        self,
+        id: str,
+        variant: str,
+        client: Invoker,
+        log_stream_arn: str,
+        stream_client: StreamClient | None = None,
+    ) -> None:
         self.id = id
         self.variant = variant
         self.client = client
+        # Streamed invocations (InvokeEndpointWithResponseStream) go over HTTP to the container contract.
+        self.stream_client = stream_client
         self.log_stream_arn = log_stream_arn
         self.outstanding = 0
         # Requests the instance said were waiting for a handler when it last answered (its own gauge).

@@ -21,6 +21,9 @@ _RUNTIME_NAMES: dict[str, str] = {
     "torch": "pytorch",
     "tensorflow": "tensorflow",
     "tf": "tensorflow",
+    "triton": "triton",
+    "huggingface": "huggingface",
+    "hf": "huggingface",
 }
 # Repository names of SageMaker's public framework images (any account, region, tag or digest).
 _IMAGE_REPOSITORIES: dict[str, str] = {
@@ -31,6 +34,12 @@ _IMAGE_REPOSITORIES: dict[str, str] = {
     "sagemaker-pytorch": "pytorch",
     "tensorflow-inference": "tensorflow",  # TensorFlow Serving, the DLC image
     "sagemaker-tensorflow-serving": "tensorflow",  # its legacy repository
+    "sagemaker-tritonserver": "triton",  # NVIDIA Triton Inference Server, SageMaker's build
+    "huggingface-pytorch-inference": "huggingface",
+    # TGI serves causal LMs: the runtime infers text-generation from their architecture (or HF_TASK says).
+    "huggingface-pytorch-tgi-inference": "huggingface",
+    # The TensorFlow flavour's models are served by the same runtime, on PyTorch (from their PyTorch weights).
+    "huggingface-tensorflow-inference": "huggingface",
 }
 _EXAMPLE_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
 

@@ -18,6 +18,8 @@ _RUNTIMES: dict[str, str] = {
     "onnx": "modelhost.runtimes.onnx:OnnxRuntime",
     "pytorch": "modelhost.runtimes.pytorch:PytorchRuntime",
     "tensorflow": "modelhost.runtimes.tensorflow:TensorflowRuntime",
+    "triton": "modelhost.runtimes.triton:TritonRuntime",
+    "huggingface": "modelhost.runtimes.huggingface:HuggingfaceRuntime",
 }
 
 

@@ -48,7 +48,10 @@ def join_key(rows: np.ndarray | None) -> JoinKey | None:
 def split_rows(prediction: object, counts: Sequence[int]) -> list[object]:
     """One slice of ``prediction`` per request, by its row count, in order."""
     total = sum(counts)
-    if not isinstance(prediction, np.ndarray | list | tuple) or np.ndim(prediction) == 0:
+    # A list may be ragged (entities, token embeddings): only its length matters, never its shape.
+    if not isinstance(prediction, list | tuple) and (
+        not isinstance(prediction, np.ndarray) or prediction.ndim == 0
+    ):
         raise HandlerFailed(
             f"predict_fn returned a {type(prediction).__name__} for a batch of {total} rows from "
             f"{len(counts)} requests; a batching predict_fn must return an array or list with one result "

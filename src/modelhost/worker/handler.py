@@ -97,7 +97,7 @@ def import_handler_module(path: Path) -> ModuleType:
     except BaseException as exc:
         sys.modules.pop(path.stem, None)
         hint = (
-            "Install the missing package in the worker's environment"
+            "List the missing package in code/requirements.txt, or install it in the worker's environment"
             if isinstance(exc, ModuleNotFoundError)
             else "Fix the handler code"
         )

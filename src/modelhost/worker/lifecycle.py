@@ -32,6 +32,7 @@ from modelhost.worker.loading import load_pipeline
 from modelhost.worker.options import MAX_BATCH_SIZE_ENV, WorkerOptions
 from modelhost.worker.pipeline import Pipeline
 from modelhost.worker.server import ContractApp
+from modelhost.worker.streaming import StreamRunner
 
 log = logging.getLogger("modelhost.worker")
 
@@ -111,7 +112,8 @@ class WorkerProcess:
             return self._exit_code
         executor = ThreadPoolExecutor(max_workers=options.prediction_threads, thread_name_prefix="handler")
         busy = BusyClock()
-        app = ContractApp(busy=busy, hang_after_s=options.hang_after_s)
+        streams = StreamRunner(executor=executor, busy=busy, loop=loop)
+        app = ContractApp(busy=busy, hang_after_s=options.hang_after_s, streams=streams)
         server = await start_server(app, sock=sock, options=server_options(options))
         self._server = server
         frames = FrameService(loop, busy)
@@ -134,6 +136,7 @@ class WorkerProcess:
                 self._on_loaded,
                 app,
                 frames,
+                streams,
                 future,
                 started,
                 partial(self._build_dispatcher, executor, busy, loop),
@@ -149,6 +152,7 @@ class WorkerProcess:
         )
         server.close()
         await asyncio.gather(server.wait_closed(), frames.close(math.ceil(options.timeout_s)))
+        await streams.close()
         _unlink(options.socket_path)
         if options.frame_socket_path is not None:
             _unlink(options.frame_socket_path)
@@ -159,6 +163,7 @@ class WorkerProcess:
         self,
         app: ContractApp,
         frames: FrameService,
+        streams: StreamRunner,
         future: Future[Pipeline],
         started: float,
         make_dispatcher: Callable[[Pipeline], Dispatcher],
@@ -169,8 +174,9 @@ class WorkerProcess:
         if exc is None:
             pipeline = future.result()
             dispatcher = make_dispatcher(pipeline)
-            batching = self._options.batching if pipeline.unbatchable_reason is None else None
+            batching = pipeline.batching if pipeline.unbatchable_reason is None else None
             frames.set_ready(pipeline, batching)
+            streams.set_ready(pipeline)
             app.set_ready(dispatcher)
             log.info("loaded in %d ms; ready", round((time.perf_counter() - started) * 1000))
             return
@@ -187,7 +193,7 @@ class WorkerProcess:
     ) -> Dispatcher:
         """Batching when the Environment asks for it and the handler takes batches; else one at a time."""
         options = self._options
-        policy = options.batching
+        policy = pipeline.batching
         unbatchable = pipeline.unbatchable_reason
         if policy is not None and unbatchable is None:
             log.info(

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from modelhost import __version__
 from modelhost.errors import ModelhostError, ValidationError
 from modelhost.runtimes.registry import load_runtime
 from modelhost.runtimes.runtime import Runtime, RuntimeResources
+from modelhost.worker.batching import BatchPolicy
 from modelhost.worker.context import HandlerContext
 from modelhost.worker.failure import LoadFailure, describe_exception
 from modelhost.worker.handler import HandlerFunction, load_user_handlers
 from modelhost.worker.options import WorkerOptions
 from modelhost.worker.pipeline import Pipeline
+
+
+@runtime_checkable
+class BatchesByModel(Protocol):
+    """A runtime whose model artifact says how to batch (Triton's config.pbtxt ``dynamic_batching``)."""
+
+    def batch_policy(self, model: object) -> BatchPolicy | None: ...
 
 
 def system_properties(options: WorkerOptions) -> dict[str, object]:
@@ -86,10 +95,15 @@ def load_pipeline(options: WorkerOptions) -> Pipeline:
     if source is not None and handlers.model_warmup_fn is not None:
         _run_user(handlers.model_warmup_fn, context, source, str(model_dir), model)
     _run_default(runtime, "warm-up", lambda: runtime.warm_up(model))
+    # The Environment's MODELHOST_MAX_BATCH_SIZE (above 1) wins; without it the model's own policy applies.
+    batching = options.batching
+    if batching is None and isinstance(runtime, BatchesByModel):
+        batching = runtime.batch_policy(model)
     return Pipeline(
         model=model,
         runtime=runtime,
         handlers=handlers,
         system_properties=properties,
         default_accept=options.default_accept or runtime.default_accept,
+        batching=batching,
     )

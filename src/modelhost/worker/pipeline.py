@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,7 @@ from modelhost.errors import ModelhostError
 from modelhost.runtimes import codecs
 from modelhost.runtimes.codecs import CodecError, UndecodableBody
 from modelhost.runtimes.runtime import Runtime
+from modelhost.worker.batching import BatchPolicy
 from modelhost.worker.context import HandlerContext
 from modelhost.worker.failure import describe_exception
 from modelhost.worker.handler import BATCHING_FLAG, HandlerFunction, UserHandlers
@@ -50,6 +51,19 @@ class Decoded:
     context: HandlerContext | None
 
 
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    """A streamed invocation's response: iterating ``chunks`` runs the handler's iterator, piece by piece."""
+
+    chunks: StreamChunks
+    content_type: bytes
+    context: HandlerContext | None  # its response headers are final once the first chunk exists
+
+    @property
+    def headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        return self.context.response_headers if self.context is not None else _NO_HEADERS
+
+
 class HandlerFailed(ModelhostError):
     """User handler code or the model raised; the message is ``<ExceptionType>: <message>``."""
 
@@ -61,6 +75,9 @@ def _as_bytes(body: object) -> bytes:
         return body.encode("utf-8")
     if isinstance(body, bytearray | memoryview):
         return bytes(body)
+    if isinstance(body, Iterator):
+        # A streaming handler (docs/streaming.md) called through InvokeEndpoint: its pieces, joined.
+        return b"".join(_as_bytes(item) for item in body)
     # The toolkit's model servers JSON-encode any other output_fn result; keep that for handler code
     # that returns a list or dict.
     return codecs.dumps_json(body)
@@ -89,8 +106,11 @@ class Pipeline:
         handlers: UserHandlers,
         system_properties: Mapping[str, object],
         default_accept: str,
+        batching: BatchPolicy | None = None,
     ) -> None:
         self.model = model
+        # Dynamic batching: the Environment's policy, else the model's own (Triton's dynamic_batching).
+        self.batching = batching
         self._runtime = runtime
         self._input_fn = handlers.input_fn
         self._predict_fn = handlers.predict_fn
@@ -128,6 +148,34 @@ class Pipeline:
         rows = self.batch_rows(decoded.data)
         prediction = self.predict(decoded.data, decoded.context)
         return self.encode(prediction, decoded, 1 if rows is None else len(rows))
+
+    def invoke_stream(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> StreamReply:
+        """Like ``invoke``, but an iterator that predict_fn, output_fn or transform_fn returns is not
+        consumed here: each item becomes a piece of the body as it is produced (docs/streaming.md). Raises as
+        ``invoke`` does; iterating the chunks raises ``HandlerFailed``."""
+        if self._transform_fn is not None:
+            result, accept, context = self._transform_result(body, content_type, accept, headers)
+        else:
+            decoded = self.decode(body, content_type, accept, headers)
+            prediction = self.predict(decoded.data, decoded.context)
+            accept, context = decoded.accept, decoded.context
+            try:
+                result = self._output(prediction, decoded)
+            except CodecError:
+                raise
+            except BaseException as exc:
+                raise _failed(exc) from exc
+        try:
+            body_result, content_type_bytes = _split(result, accept)
+            return StreamReply(StreamChunks(body_result), _content_type_bytes(content_type_bytes), context)
+        except BaseException as exc:
+            raise _failed(exc) from exc
 
     def decode(
         self,
@@ -172,15 +220,18 @@ class Pipeline:
     def encode(self, prediction: object, decoded: Decoded, rows: int) -> Reply:
         """output_fn for one request's share of a prediction."""
         try:
-            if self._output_fn is None:
-                result: object = self._runtime.output_fn(prediction, decoded.accept)
-            else:
-                result = _call(self._output_fn, decoded.context, prediction, decoded.accept)
-            return _reply(result, decoded.accept, decoded.context, rows)
+            return _reply(self._output(prediction, decoded), decoded.accept, decoded.context, rows)
         except CodecError:
             raise
         except BaseException as exc:
             raise _failed(exc) from exc
+
+    def _output(self, prediction: object, decoded: Decoded) -> object:
+        if self._output_fn is None:
+            if isinstance(prediction, Iterator):
+                return prediction  # pieces from a streaming predict_fn go out as they are (docs/streaming.md)
+            return self._runtime.output_fn(prediction, decoded.accept)
+        return _call(self._output_fn, decoded.context, prediction, decoded.accept)
 
     def _transform(
         self,
@@ -189,6 +240,20 @@ class Pipeline:
         accept: str | None,
         headers: Sequence[tuple[bytes, bytes]],
     ) -> Reply:
+        result, accept, context = self._transform_result(body, content_type, accept, headers)
+        try:
+            return _reply(result, accept, context, 1)
+        except BaseException as exc:
+            raise _failed(exc) from exc
+
+    def _transform_result(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> tuple[object, str, HandlerContext | None]:
+        """transform_fn's result, with the Accept and the context it was called with."""
         assert self._transform_fn is not None
         content_type = content_type or DEFAULT_CONTENT_TYPE
         if not accept or accept == "*/*":
@@ -197,11 +262,11 @@ class Pipeline:
         try:
             raw = self._handler_input(body, content_type)
             result = _call(self._transform_fn, context, self.model, raw, content_type, accept)
-            return _reply(result, accept, context, 1)
         except CodecError:
             raise
         except BaseException as exc:
             raise _failed(exc) from exc
+        return result, accept, context
 
     def _handler_input(self, body: bytes, content_type: str) -> bytes | str:
         if codecs.media_type(content_type) not in TEXT_MEDIA_TYPES:
@@ -224,16 +289,52 @@ def _failed(exc: BaseException) -> HandlerFailed:
     return HandlerFailed(message)
 
 
-def _reply(result: object, accept: str, context: HandlerContext | None, rows: int) -> Reply:
+def _split(result: object, accept: str) -> tuple[object, object]:
     # output_fn/transform_fn may return the body alone (typed as Accept) or (body, content_type).
     if isinstance(result, tuple):
         if len(result) != 2:
             raise TypeError(f"expected (body, content_type) from output_fn, got a {len(result)}-tuple")
-        body, content_type = result
-    else:
-        body, content_type = result, accept
+        return result[0], result[1]
+    return result, accept
+
+
+def _reply(result: object, accept: str, context: HandlerContext | None, rows: int) -> Reply:
+    body, content_type = _split(result, accept)
     headers = context.response_headers if context is not None else _NO_HEADERS
     return Reply(_as_bytes(body), _content_type_bytes(content_type), headers, rows)
+
+
+class StreamChunks:
+    """The pieces of a streamed body as bytes, produced as they are asked for: a handler's iterator item by
+    item (empty items skipped), any other result as one piece. Its failures become ``HandlerFailed``."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, body: object) -> None:
+        self._items: Iterator[object] = body if isinstance(body, Iterator) else iter((body,))
+
+    def __iter__(self) -> StreamChunks:
+        return self
+
+    def __next__(self) -> bytes:
+        while True:
+            try:
+                data = _as_bytes(next(self._items))
+            except StopIteration:
+                raise
+            except BaseException as exc:
+                raise _failed(exc) from exc
+            if data:
+                return data
+
+    def close(self) -> None:
+        """Stop the handler's iterator early (the client went away): a generator runs its cleanup."""
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            try:
+                close()
+            except BaseException as exc:
+                _failed(exc)  # written to the log; nobody is left to tell
 
 
 def _call(function: HandlerFunction, context: HandlerContext | None, *args: object) -> object:

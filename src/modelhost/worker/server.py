@@ -16,6 +16,8 @@ from functools import partial
 from modelhost.http import Request, Responder
 from modelhost.worker.dispatch import NOT_LOADED, Dispatcher, WorkReply, WorkRequest
 from modelhost.worker.health import BusyClock, Phase, is_healthy, is_hung
+from modelhost.worker.kserve_route import INFER_PATH, READY_PATH, infer_reply, infer_request
+from modelhost.worker.streaming import StreamRunner, wants_stream
 
 log = logging.getLogger("modelhost.worker")
 
@@ -46,8 +48,10 @@ class ContractApp:
         busy: BusyClock,
         hang_after_s: float,
         clock: Callable[[], float] = time.monotonic,
+        streams: StreamRunner | None = None,
     ) -> None:
         self._busy = busy
+        self._streams = streams  # streamed answers (docs/streaming.md); None: every answer is whole
         self._hang_after_s = hang_after_s
         self._clock = clock
         self._phase = Phase.LOADING
@@ -70,8 +74,10 @@ class ContractApp:
         path = request.path
         if path == b"/invocations":
             self._invocations(request, responder)
-        elif path == b"/ping":
+        elif path == b"/ping" or path == READY_PATH:
             self._ping(request, responder)
+        elif INFER_PATH.fullmatch(path):
+            self._kserve_infer(request, responder)
         else:
             message = f"No route for {path.decode('latin-1')}: try /ping or /invocations"
             _respond(responder, 404, message.encode())
@@ -115,7 +121,22 @@ class ContractApp:
             elif name == b"accept":
                 accept = value.decode("latin-1")
         work = WorkRequest(request.body, content_type, accept, request.headers)
+        if self._streams is not None and wants_stream(request.headers):
+            self._streams.submit(work, responder)
+            return
         dispatcher.submit(work, partial(_answer, responder, dispatcher))
+
+    def _kserve_infer(self, request: Request, responder: Responder) -> None:
+        # KServe v2 clients (tritonclient): the same invocation in KServe's framing (kserve_route.py).
+        if request.method != b"POST":
+            _respond(responder, 405, b"Use POST /v2/models/{name}/infer")
+            return
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            _send_reply(responder, infer_reply(NOT_LOADED), 0)
+            return
+        work = infer_request(request.body, request.headers)
+        dispatcher.submit(work, lambda reply: _answer(responder, dispatcher, infer_reply(reply)))
 
 
 def _answer(responder: Responder, dispatcher: Dispatcher, reply: WorkReply) -> None:

@@ -466,3 +466,8 @@ def test_one_at_a_time_maps_errors_to_statuses(
     assert [reply.status for reply in replies] == [400, 415, 406, 500]
     assert replies[3].body == b"ValueError: negative measurement in a batch of 1"
     assert all(reply.content_type.startswith(b"text/plain") for reply in replies)
+
+
+def test_split_rows_takes_a_ragged_list_by_its_length() -> None:
+    ragged = [[{"entity": "A"}], [], [{"entity": "B"}, {"entity": "C"}]]
+    assert split_rows(ragged, [1, 2]) == [ragged[:1], ragged[1:]]

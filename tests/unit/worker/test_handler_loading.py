@@ -113,7 +113,8 @@ def test_import_error_names_the_exception_and_the_line(model_dir: Path, write_ha
         load_user_handlers(model_dir, None)
     assert caught.value.message == (
         f"Importing {path} failed: ModuleNotFoundError: No module named 'mh_no_such_module_xyz' "
-        "(at code/inference.py:2 in <module>). Install the missing package in the worker's environment"
+        "(at code/inference.py:2 in <module>). List the missing package in code/requirements.txt, or install "
+        "it in the worker's environment"
     )
 
 
