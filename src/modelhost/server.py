@@ -63,6 +63,7 @@ async def serve(settings: Settings) -> None:
     )
     table = RouteTable()
     backend = LocalBackend(settings.data_dir)
+    host = host_capacity(settings)
     fleet = Fleet(
         settings=settings,
         store=store,
@@ -72,6 +73,7 @@ async def serve(settings: Settings) -> None:
         table=table,
         clock=clock,
         db=db,
+        host_gpus=host.gpus,
     )
     ctx = ControlPlaneContext(
         store=store,
@@ -79,7 +81,7 @@ async def serve(settings: Settings) -> None:
         settings=settings,
         clock=clock,
         catalog=catalog,
-        host=host_capacity(settings),
+        host=host,
         live=fleet,
         wake_controller=fleet.wake,
     )

@@ -32,6 +32,7 @@ from modelhost.errors import ModelhostError
 from modelhost.ids import log_stream_arn, new_instance_id
 from modelhost.instances.byo import resolve_image
 from modelhost.instances.catalog import InstanceCatalog
+from modelhost.instances.gpus import GpuPool
 from modelhost.instances.local import LaunchSpec, LocalBackend
 from modelhost.router.table import EndpointRoute, InstanceHandle, RouteTable, VariantRoute
 from modelhost.settings import Settings
@@ -54,6 +55,7 @@ class Fleet:
         table: RouteTable,
         clock: Clock,
         db: Executor,
+        host_gpus: int = 0,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -75,6 +77,7 @@ class Fleet:
             objects=objects,
             clock=clock,
             events=SupervisorEvents(healthy=self._healthy, unhealthy=self._changed, exited=self._exited),
+            gpus=GpuPool(host_gpus),
         )
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -295,6 +298,7 @@ class Fleet:
                 else self._worker_environment(container.environment)
             ),
             vcpus=self._catalog.resources(variant.instance_type).vcpus,
+            gpus=self._catalog.resources(variant.instance_type).gpus,
             timeout_s=spec.invocation_timeout_s or self._settings.invocation_timeout_s,
         )
         stream = log_stream_arn(

@@ -19,6 +19,7 @@ from modelhost.domain.specs import ServerProgram
 from modelhost.errors import ModelhostError
 from modelhost.instances.artifacts import fetch_model_data
 from modelhost.instances.catalog import handler_threads
+from modelhost.instances.gpus import GpuPool
 from modelhost.instances.local import LaunchSpec, LocalBackend, LocalInstance
 from modelhost.instances.model_envs import ModelEnvs
 from modelhost.router.frame_client import FrameClient
@@ -43,6 +44,7 @@ class ManagedInstance:
     process: LocalInstance | None = None
     handle: InstanceHandle | None = None
     pinger: InstanceClient | None = None  # /ping over HTTP; invocations go through the handle's invoker
+    gpu_ids: tuple[int, ...] = ()  # the host GPUs it holds until its process is gone
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -74,8 +76,10 @@ class Supervisor:
         objects: ObjectStore,
         clock: Clock,
         events: SupervisorEvents,
+        gpus: GpuPool | None = None,
     ) -> None:
         self._settings = settings
+        self._gpus = gpus or GpuPool(0)
         self._backend = backend
         self._objects = objects
         self._clock = clock
@@ -112,6 +116,9 @@ class Supervisor:
             await inst.pinger.close()
         if inst.process is not None:
             await self._backend.stop(inst.process, self._settings.stop_grace_s if drain else 0.0)
+        # The process is gone (or never started): its GPUs are free for the next instance.
+        self._gpus.give_back(inst.gpu_ids)
+        inst.gpu_ids = ()
 
     def _exit(self, inst: ManagedInstance, failure: str | None) -> None:
         inst.phase = Phase.EXITED
@@ -120,7 +127,9 @@ class Supervisor:
 
     async def _bring_up(self, inst: ManagedInstance, plan: InstancePlan) -> None:
         await self._fetch(plan.launch.model_dir, plan.model_data_url, plan.compression)
-        inst.process = await self._backend.start(await self._with_requirements(plan.launch))
+        launch = await self._with_requirements(plan.launch)
+        inst.gpu_ids = self._gpus.take(launch.gpus)
+        inst.process = await self._backend.start(replace(launch, gpu_ids=inst.gpu_ids))
         client = _contract_client(inst.process)
         exit_wait = asyncio.ensure_future(inst.process.process.wait())
         deadline = self._clock.monotonic() + self._settings.startup_timeout_s

@@ -23,6 +23,7 @@ from modelhost.instances.byo import (
     process_start_time,
     server_environment,
 )
+from modelhost.instances.gpus import visible_devices
 
 WORKER_MODULE = "modelhost.worker"
 PARENT_DEATH_MODULE = "modelhost.instances.parent_death"
@@ -40,6 +41,8 @@ class LaunchSpec:
     timeout_s: float
     # Our worker's interpreter: its model's requirements environment (model_envs.py); None: modelhost's own.
     python: Path | None = None
+    gpus: int = 0  # GPUs of the instance type
+    gpu_ids: tuple[int, ...] = ()  # host GPUs given to this instance (gpus.py); its process sees only them
 
 
 @dataclass(slots=True)
@@ -141,6 +144,7 @@ class LocalBackend:
             **os.environ,
             **thread_env(spec.vcpus),
             **spec.environment,
+            **visible_devices(spec.gpu_ids),
             "SM_MODEL_DIR": str(spec.model_dir),
         }
         if spec.python is not None:
@@ -160,6 +164,8 @@ class LocalBackend:
             str(spec.runtime),
             "--vcpus",
             f"{spec.vcpus:g}",
+            "--gpus",
+            str(len(spec.gpu_ids)),
             "--timeout-s",
             f"{spec.timeout_s:g}",
             "--failure-file",
@@ -199,7 +205,7 @@ class LocalBackend:
         process dies; children it starts die with its process group when the instance stops.
         """
         port, safe_port_range = pick_ports()
-        base = {**os.environ, **thread_env(spec.vcpus), **spec.environment}
+        base = {**os.environ, **thread_env(spec.vcpus), **spec.environment, **visible_devices(spec.gpu_ids)}
         env = server_environment(base, port, safe_port_range, spec.model_dir)
         argv = [sys.executable, "-m", PARENT_DEATH_MODULE, str(os.getpid()), *server.argv, "serve"]
         with log_path.open("ab") as log:

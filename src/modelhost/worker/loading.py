@@ -33,7 +33,7 @@ def system_properties(options: WorkerOptions) -> dict[str, object]:
     """What toolkit code reads from ``context.system_properties`` (TorchServe's names)."""
     return {
         "model_dir": str(options.model_dir),
-        "gpu_id": None,  # CPU until a runtime places the model on a GPU
+        "gpu_id": 0 if options.gpus else None,  # the instance's first GPU, as TorchServe numbers them
         "batch_size": 1,
         "server_name": "modelhost",
         "server_version": __version__,
@@ -76,7 +76,8 @@ def _run_default(runtime: Runtime, step: str, call: Callable[[], object]) -> obj
 
 def load_pipeline(options: WorkerOptions) -> Pipeline:
     """Everything that happens before /ping may answer 200."""
-    runtime = _runtime(options.runtime, RuntimeResources(vcpus=options.vcpus))
+    resources = RuntimeResources(vcpus=options.vcpus, gpu_ids=tuple(range(options.gpus)))
+    runtime = _runtime(options.runtime, resources)
     model_dir = options.model_dir
     if not model_dir.is_dir():
         raise LoadFailure(

@@ -40,6 +40,7 @@ class WorkerOptions:
     default_accept: str | None = None
     batching: BatchPolicy | None = None  # MODELHOST_*_BATCH_* variables; None: one request at a time
     frame_socket_path: Path | None = None  # unix socket for the router's invocation frames; None: HTTP only
+    gpus: int = 0  # GPUs given to the instance, visible as devices 0..gpus-1 (CUDA_VISIBLE_DEVICES)
 
     @property
     def prediction_threads(self) -> int:
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", required=True, type=Path, help="the unpacked model artifact")
     parser.add_argument("--runtime", required=True, help="framework adapter, e.g. sklearn")
     parser.add_argument("--vcpus", required=True, type=_positive_float, help="vCPUs of the instance type")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs the instance has (devices 0..N-1)")
     parser.add_argument("--timeout-s", required=True, type=_positive_float, help="invocation timeout")
     parser.add_argument("--failure-file", required=True, type=Path, help="load failures are written here")
     parser.add_argument("--lifeline-fd", type=int, default=None, help="pipe read end; EOF = server gone")
@@ -159,4 +161,5 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerOpti
         default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or None,
         batching=batching,
         frame_socket_path=args.frame_socket,
+        gpus=max(0, args.gpus),
     )
