@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from modelhost.api.app import App
 from modelhost.api.logs import LogsApi
 from modelhost.api.metrics import InvocationMetrics
+from modelhost.api.model_metrics import ModelCacheMetrics
 from modelhost.api.runtime import RuntimeApi
 from modelhost.api.sagemaker_json import SAGEMAKER_OPERATIONS, ControlPlaneApi, JsonService
 from modelhost.clock import SystemClock
@@ -64,6 +65,9 @@ async def serve(settings: Settings) -> None:
     table = RouteTable()
     backend = LocalBackend(settings.data_dir)
     host = host_capacity(settings)
+    metrics = InvocationMetrics(table)
+    model_metrics = ModelCacheMetrics(table)
+    metrics.registry.register(model_metrics)
     fleet = Fleet(
         settings=settings,
         store=store,
@@ -74,6 +78,7 @@ async def serve(settings: Settings) -> None:
         clock=clock,
         db=db,
         host_gpus=host.gpus,
+        model_events=model_metrics.events,
     )
     ctx = ControlPlaneContext(
         store=store,
@@ -85,12 +90,12 @@ async def serve(settings: Settings) -> None:
         live=fleet,
         wake_controller=fleet.wake,
     )
-    metrics = InvocationMetrics(table)
     router = Router(
         table,
         settings.account_id,
         settings.max_concurrency_per_instance,
         settings.max_concurrency_per_endpoint,
+        settings.multi_model_hot_in_flight,
     )
     app = App(
         ControlPlaneApi(ctx, db, [JsonService("sagemaker", SAGEMAKER_OPERATIONS)]),

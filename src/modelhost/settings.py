@@ -92,6 +92,34 @@ class Settings(BaseSettings):
     max_artifact_bytes: int = Field(default=20 * 1024**3, gt=0, description="largest unpacked model artifact")
     reconcile_interval_s: float = Field(default=1.0, gt=0, description="pause between reconciler passes")
 
+    multi_model_memory_fraction: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="multi-model endpoints: share of the instance type's memory that loaded models may take "
+        "(measured once loaded); least recently used models are unloaded past it",
+    )
+    multi_model_memory_budget_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="multi-model endpoints: memory budget per instance in bytes, instead of the fraction",
+    )
+    multi_model_disk_budget_bytes: int = Field(
+        default=30 * 1024**3,
+        gt=0,
+        description="multi-model endpoints: unpacked models cached on disk per instance, when the variant "
+        "sets no VolumeSizeInGB; least recently used models are deleted past it",
+    )
+    multi_model_load_timeout_s: float = Field(
+        default=600.0, gt=0, description="multi-model endpoints: how long one model may take to load"
+    )
+    multi_model_hot_in_flight: int = Field(
+        default=4,
+        ge=1,
+        description="multi-model endpoints: requests in flight on every instance holding a model past which "
+        "a less busy instance loads it too",
+    )
+
     @field_validator("container_commands")
     @classmethod
     def _commands_name_programs(cls, commands: dict[str, str]) -> dict[str, str]:

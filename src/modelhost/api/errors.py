@@ -28,6 +28,9 @@ CONTROL_PLANE: tuple[tuple[type[e.ModelhostError], WireError], ...] = (
 RUNTIME: tuple[tuple[type[e.ModelhostError], WireError], ...] = (
     (e.ValidationError, WireError("ValidationError", 400)),
     (e.ModelInvocationError, WireError("ModelError", 424)),
+    # A multi-model endpoint's model too large for its instance's budget: no retry helps, so a client error
+    # under the one such code the runtime API models.
+    (e.ResourceLimitExceeded, WireError("ValidationError", 400)),
     (e.ModelNotReady, WireError("ModelNotReadyException", 429)),
     (e.ServiceUnavailable, WireError("ServiceUnavailable", 503)),
     (e.UnsupportedOperation, WireError("NotImplemented", 501)),

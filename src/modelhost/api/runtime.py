@@ -25,6 +25,7 @@ from modelhost.errors import (
 )
 from modelhost.http import Respond, Responder
 from modelhost.router.invoke import InvokeRequest, Router
+from modelhost.router.model_cache import check_target_model
 
 log = logging.getLogger("modelhost.api")
 
@@ -43,7 +44,6 @@ _WANTED = {
 # Members of InvokeEndpoint that belong to features modelhost does not have yet: refused by name, never
 # silently ignored.
 _NOT_YET = {
-    b"x-amzn-sagemaker-target-model": "TargetModel (multi-model endpoints)",
     b"x-amzn-sagemaker-target-container-hostname": "TargetContainerHostname (multi-container endpoints)",
     b"x-amzn-sagemaker-inference-component": "InferenceComponentName (inference components)",
     b"x-amzn-sagemaker-session-id": "SessionId (stateful sessions)",
@@ -83,6 +83,7 @@ class RuntimeApi:
             if len(body) > self._max_payload:
                 raise self._too_large()
             tv = h.get(b"x-amzn-sagemaker-target-variant")
+            tm = h.get(b"x-amzn-sagemaker-target-model")
             req = InvokeRequest(
                 endpoint=endpoint,
                 body=body,
@@ -91,6 +92,7 @@ class RuntimeApi:
                 custom_attributes=h.get(b"x-amzn-sagemaker-custom-attributes"),
                 target_variant=tv.decode("latin-1") if tv is not None else None,
                 inference_id=h.get(b"x-amzn-sagemaker-inference-id"),
+                target_model=check_target_model(_text(tm)) if tm is not None else None,
             )
         except ModelhostError as exc:
             self._fail(respond, exc, endpoint, None)
@@ -179,3 +181,11 @@ class RuntimeApi:
         if isinstance(exc, ModelInvocationError):
             m.model_errors.inc()
         (m.errors_4xx if wire.status < 500 else m.errors_5xx).inc()
+
+
+def _text(value: bytes) -> str:
+    """A header value as text: UTF-8 as boto3 sends it, else byte for byte."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from modelhost.clock import Clock
@@ -26,14 +27,27 @@ from modelhost.controller.reconcile import (
     targets,
 )
 from modelhost.controller.supervisor import InstancePlan, ManagedInstance, Supervisor, SupervisorEvents
-from modelhost.domain.specs import DeploymentSpec, ServerProgram, deployment_spec
+from modelhost.domain.specs import (
+    ContainerSpec,
+    DeploymentSpec,
+    ServerProgram,
+    VariantSpec,
+    deployment_spec,
+)
 from modelhost.domain.status import EndpointStatus
 from modelhost.errors import ModelhostError
 from modelhost.ids import log_stream_arn, new_instance_id
 from modelhost.instances.byo import resolve_image
-from modelhost.instances.catalog import InstanceCatalog
+from modelhost.instances.catalog import GIB, InstanceCatalog
 from modelhost.instances.gpus import GpuPool
 from modelhost.instances.local import LaunchSpec, LocalBackend
+from modelhost.router.model_cache import (
+    PINNED_ENV,
+    PRELOAD_ENV,
+    ModelCacheEvents,
+    ModelCachePlan,
+    model_list,
+)
 from modelhost.router.table import EndpointRoute, InstanceHandle, RouteTable, VariantRoute
 from modelhost.settings import Settings
 from modelhost.store.metadata import EndpointRow, MetadataStore
@@ -56,6 +70,7 @@ class Fleet:
         clock: Clock,
         db: Executor,
         host_gpus: int = 0,
+        model_events: Callable[[str, str], ModelCacheEvents] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -65,6 +80,7 @@ class Fleet:
         self._clock = clock
         self._db = db
         self._artifacts_dir = settings.data_dir / "artifacts"
+        self._models_dir = settings.data_dir / "mme"  # multi-model instances' disk caches
         self._instances: dict[str, ManagedInstance] = {}
         self._rows: dict[str, EndpointRow] = {}
         self._specs: dict[str, DeploymentSpec] = {}  # by deployment id
@@ -78,6 +94,7 @@ class Fleet:
             clock=clock,
             events=SupervisorEvents(healthy=self._healthy, unhealthy=self._changed, exited=self._exited),
             gpus=GpuPool(host_gpus),
+            model_events=model_events,
         )
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -103,6 +120,8 @@ class Fleet:
         killed = await self._run(self._backend.cleanup_stale)
         if killed:
             log.warning("killed %d worker(s) left behind by a previous run", killed)
+        # Model caches of a previous run's multi-model instances, which are all gone now.
+        await self._run(shutil.rmtree, self._models_dir, True)
         self._loop_task = asyncio.create_task(self._run_loop(), name="fleet-loop")
 
     async def close(self) -> None:
@@ -216,6 +235,7 @@ class Fleet:
         self._store.delete_endpoint(row.name)
         self._store.delete_tags(row.arn)
         shutil.rmtree(self._artifacts_dir / row.name, ignore_errors=True)
+        shutil.rmtree(self._models_dir / row.name, ignore_errors=True)
 
     def _forget_failures(self, row: EndpointRow) -> None:
         for snap in (row.deployment, row.pending_deployment):
@@ -228,8 +248,11 @@ class Fleet:
             if row.status in (EndpointStatus.FAILED, EndpointStatus.DELETING):
                 self._table.remove(row.name)
                 continue
+            prefixes: dict[str, str | None] = {}
             try:
-                timeout = self._deployment(row.deployment).invocation_timeout_s
+                spec = self._deployment(row.deployment)
+                timeout = spec.invocation_timeout_s
+                prefixes = {v.name: _model_prefix(v) for v in spec.variants}
             except ModelhostError:
                 # An image this server no longer understands (say, a name dropped from
                 # MODELHOST_CONTAINER_COMMANDS): its instances fail to plan and say why; others go on.
@@ -248,6 +271,7 @@ class Fleet:
                     v["VariantName"],
                     float(v["DesiredWeight"]),
                     tuple(sorted(by_variant.get(v["VariantName"], []), key=lambda h: h.id)),
+                    prefixes.get(v["VariantName"]),
                 )
                 for v in row.variants
             )
@@ -286,25 +310,63 @@ class Fleet:
         spec = self._deployment(snap)
         variant = spec.variant(inst.key.variant)
         container = variant.model.containers[0]
+        resources = self._catalog.resources(variant.instance_type)
+        multi_model = container.multi_model
+        environment = (
+            dict(container.environment)
+            if isinstance(container.runtime, ServerProgram)
+            else self._worker_environment(container.environment)
+        )
+        if multi_model:
+            environment["SAGEMAKER_MULTI_MODEL"] = "true"
+            # Each instance has a disk cache of its own, deleted with it.
+            model_dir = self._models_dir / row.name / inst.id
+        else:
+            model_dir = self._artifacts_dir / row.name / spec.raw["id"] / variant.name / "model"
         launch = LaunchSpec(
             instance_id=inst.id,
             endpoint=row.name,
             variant=variant.name,
             runtime=container.runtime,
-            model_dir=self._artifacts_dir / row.name / spec.raw["id"] / variant.name / "model",
-            environment=(
-                dict(container.environment)
-                if isinstance(container.runtime, ServerProgram)
-                else self._worker_environment(container.environment)
-            ),
-            vcpus=self._catalog.resources(variant.instance_type).vcpus,
-            gpus=self._catalog.resources(variant.instance_type).gpus,
+            model_dir=model_dir,
+            environment=environment,
+            vcpus=resources.vcpus,
+            gpus=resources.gpus,
             timeout_s=spec.invocation_timeout_s or self._settings.invocation_timeout_s,
+            multi_model=multi_model,
+            memory_limit_bytes=resources.memory_bytes if multi_model else None,
         )
         stream = log_stream_arn(
             self._settings.region, self._settings.account_id, row.name, f"{variant.name}/{inst.id}"
         )
+        if multi_model:
+            cache = self._model_cache_plan(variant, container, model_dir, resources.memory_bytes)
+            return InstancePlan(launch, "", None, stream, cache)
         return InstancePlan(launch, container.model_data_url or "", container.compression, stream)
+
+    def _model_cache_plan(
+        self, variant: VariantSpec, container: ContainerSpec, root: Path, memory_bytes: int
+    ) -> ModelCachePlan:
+        """A multi-model instance's budgets: memory from its instance type, disk from VolumeSizeInGB."""
+        settings = self._settings
+        memory = settings.multi_model_memory_budget_bytes or int(
+            memory_bytes * settings.multi_model_memory_fraction
+        )
+        volume = variant.volume_size_gb
+        disk = volume * GIB if volume else settings.multi_model_disk_budget_bytes
+        assert container.model_prefix is not None  # CreateModel requires the ModelDataUrl
+        return ModelCachePlan(
+            prefix=container.model_prefix,
+            root=root,
+            memory_budget_bytes=memory,
+            disk_budget_bytes=disk,
+            instance_type=variant.instance_type,
+            cache_enabled=container.model_cache_enabled,
+            load_timeout_s=settings.multi_model_load_timeout_s,
+            max_artifact_bytes=settings.max_artifact_bytes,
+            preload=model_list(container.environment, PRELOAD_ENV),
+            pinned=frozenset(model_list(container.environment, PINNED_ENV)),
+        )
 
     def _worker_environment(self, environment: Mapping[str, str]) -> dict[str, str]:
         """The container's Environment, with the server's batching defaults where the model sets none."""
@@ -347,3 +409,7 @@ class Fleet:
         finally:
             self._instances.pop(inst.id, None)
             self._changed()
+
+
+def _model_prefix(variant: VariantSpec) -> str | None:
+    return variant.model.containers[0].model_prefix if variant.model.containers else None

@@ -25,6 +25,9 @@ from modelhost.instances.model_envs import ModelEnvs
 from modelhost.router.frame_client import FrameClient
 from modelhost.router.instance_client import InstanceClient, InstanceTimeout, InstanceUnreachable
 from modelhost.router.invoker import HttpInvoker, Invoker
+from modelhost.router.model_cache import ModelCacheEvents, ModelCachePlan, NoEvents
+from modelhost.router.model_client import ModelServerClient
+from modelhost.router.model_manager import InstanceModels
 from modelhost.router.stream_client import StreamClient
 from modelhost.router.table import InstanceHandle
 from modelhost.settings import Settings
@@ -56,6 +59,7 @@ class InstancePlan:
     model_data_url: str
     compression: str | None
     log_stream_arn: str
+    models: ModelCachePlan | None = None  # a multi-model instance: no artifact at start, a model cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,7 @@ class Supervisor:
         clock: Clock,
         events: SupervisorEvents,
         gpus: GpuPool | None = None,
+        model_events: Callable[[str, str], ModelCacheEvents] | None = None,
     ) -> None:
         self._settings = settings
         self._gpus = gpus or GpuPool(0)
@@ -84,6 +89,7 @@ class Supervisor:
         self._objects = objects
         self._clock = clock
         self._events = events
+        self._model_events = model_events or (lambda _endpoint, _variant: NoEvents())
         self._fetch_locks: dict[Path, asyncio.Lock] = {}
         self._envs = ModelEnvs(
             settings.data_dir / "envs", install_timeout_s=settings.requirements_install_timeout_s
@@ -112,6 +118,9 @@ class Supervisor:
             await inst.handle.client.close()
             if inst.handle.stream_client is not None:
                 await inst.handle.stream_client.close()
+            if inst.handle.models is not None:
+                # Its models go with it: routing stops seeing them, and its disk cache is deleted.
+                await inst.handle.models.close()
         if inst.pinger is not None:
             await inst.pinger.close()
         if inst.process is not None:
@@ -162,14 +171,21 @@ class Supervisor:
             exit_wait.cancel()
         inst.pinger = client
         frame_socket = inst.process.frame_socket_path
-        # Frames for our workers; a bring-your-own server gets the contract's POST /invocations.
+        # Frames for our workers; a bring-your-own server gets the contract's POST /invocations. A multi-model
+        # instance is invoked per model over HTTP (/models/{name}/invoke) through its model cache.
         invoker: Invoker = (
             FrameClient(frame_socket, connections=handler_threads(plan.launch.vcpus))
-            if frame_socket is not None
+            if frame_socket is not None and plan.models is None
             else HttpInvoker(client)
         )
+        models = None
+        if plan.models is not None:
+            events = self._model_events(plan.launch.endpoint, plan.launch.variant)
+            model_server = ModelServerClient(_contract_client(inst.process))
+            models = InstanceModels(plan.models, model_server, self._objects, events)
+            models.start_preload()
         inst.handle = InstanceHandle(
-            inst.id, plan.launch.variant, invoker, plan.log_stream_arn, _stream_client(inst.process)
+            inst.id, plan.launch.variant, invoker, plan.log_stream_arn, _stream_client(inst.process), models
         )
         inst.phase = Phase.HEALTHY
         inst.ever_healthy = True

@@ -10,20 +10,24 @@ from modelhost.controlplane.context import ControlPlaneContext
 from modelhost.controlplane.resources import create_resource, list_resources
 from modelhost.domain.specs import ContainerSpec, ServerProgram, model_spec
 from modelhost.errors import ArtifactError, ValidationError
+from modelhost.instances.artifacts import ARCHIVE_SUFFIXES
 from modelhost.instances.byo import check_program, resolve_image
+from modelhost.router.model_cache import PINNED_ENV, PRELOAD_ENV, model_list
 from modelhost.store import tables
 from modelhost.store.metadata import ResourceRow
+from modelhost.store.objects import parse_object_url
 
 
 def _check_container(ctx: ControlPlaneContext, c: ContainerSpec) -> None:
-    if c.mode != "SingleModel":
-        raise ValidationError(
-            f"Container {c.image}: Mode {c.mode} is not supported by modelhost yet; use SingleModel."
-        )
+    if c.mode not in ("SingleModel", "MultiModel"):
+        raise ValidationError(f"Container {c.image}: Mode {c.mode!r} is not one of SingleModel, MultiModel.")
     if isinstance(c.runtime, ServerProgram):
         check_program(c.image, c.runtime)
-        if not c.model_data_url:
-            return  # a bring-your-own server may carry everything it needs, as a SageMaker image may
+    if c.multi_model:
+        _check_multi_model(c)
+        return
+    if isinstance(c.runtime, ServerProgram) and not c.model_data_url:
+        return  # a bring-your-own server may carry everything it needs, as a SageMaker image may
     if not c.model_data_url:
         raise ValidationError(
             f"Container {c.image} has no ModelDataUrl: the {c.runtime} runtime loads its model from an "
@@ -35,6 +39,33 @@ def _check_container(ctx: ControlPlaneContext, c: ContainerSpec) -> None:
             f"(without MODELHOST_S3_ENDPOINT_URL, s3://bucket/key lives at "
             f"<data-dir>/buckets/bucket/key)."
         )
+
+
+def _check_multi_model(c: ContainerSpec) -> None:
+    """A multi-model container's ModelDataUrl is the prefix its TargetModel keys live under.
+
+    Nothing need be there yet: models are found under it on first use, and may be added at any time.
+    """
+    url = c.model_data_url
+    if not url:
+        raise ValidationError(
+            f"Container {c.image} is MultiModel but has no ModelDataUrl: set it to the S3 prefix that holds "
+            f"the model archives, for example s3://bucket/models/."
+        )
+    loc = parse_object_url(url)
+    if loc.key.lower().endswith(ARCHIVE_SUFFIXES):
+        raise ValidationError(
+            f"Container {c.image} is MultiModel, so its ModelDataUrl must be the S3 prefix that holds the "
+            f"model archives (for example s3://{loc.bucket or 'bucket'}/models/), not the archive {url}. "
+            f"InvokeEndpoint then names an archive under it with TargetModel."
+        )
+    if c.compression == "None":
+        raise ValidationError(
+            f"Container {c.image} is MultiModel: each model under {url} is a .tar.gz archive, so "
+            f"CompressionType None does not apply."
+        )
+    for variable in (PRELOAD_ENV, PINNED_ENV):
+        model_list(c.environment, variable)
 
 
 def _artifact_exists(ctx: ControlPlaneContext, url: str, compression: str | None) -> bool:

@@ -49,6 +49,19 @@ class ContainerSpec:
     environment: Mapping[str, str]
     hostname: str | None
     mode: str = "SingleModel"
+    # MultiModelConfig.ModelCacheSetting: False ("Disabled") unloads and deletes each model after its call.
+    model_cache_enabled: bool = True
+
+    @property
+    def multi_model(self) -> bool:
+        return self.mode == "MultiModel"
+
+    @property
+    def model_prefix(self) -> str | None:
+        """A multi-model container's ModelDataUrl as the prefix TargetModel keys are appended to."""
+        if not self.multi_model or not self.model_data_url:
+            return None
+        return self.model_data_url if self.model_data_url.endswith("/") else self.model_data_url + "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,7 @@ class VariantSpec:
     instance_type: str
     initial_instance_count: int
     initial_weight: float
+    volume_size_gb: int | None = None  # VolumeSizeInGB: a multi-model instance's disk cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +114,7 @@ def container_spec(c: Mapping[str, Any], resolve_runtime: Callable[[str], Servin
         environment=dict(c.get("Environment") or {}),
         hostname=c.get("ContainerHostname"),
         mode=c.get("Mode", "SingleModel"),
+        model_cache_enabled=(c.get("MultiModelConfig") or {}).get("ModelCacheSetting") != "Disabled",
     )
 
 
@@ -128,6 +143,7 @@ def deployment_spec(snapshot: Mapping[str, Any], resolve_runtime: Callable[[str]
             instance_type=v.get("InstanceType", ""),
             initial_instance_count=int(v.get("InitialInstanceCount", 1)),
             initial_weight=float(v.get("InitialVariantWeight", 1.0)),
+            volume_size_gb=int(v["VolumeSizeInGB"]) if v.get("VolumeSizeInGB") else None,
         )
         for v in config["ProductionVariants"]
     )

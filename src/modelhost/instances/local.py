@@ -43,6 +43,11 @@ class LaunchSpec:
     python: Path | None = None
     gpus: int = 0  # GPUs of the instance type
     gpu_ids: tuple[int, ...] = ()  # host GPUs given to this instance (gpus.py); its process sees only them
+    # A multi-model instance: no model at start; ``model_dir`` is where its models are unpacked, one
+    # directory each, and loaded through the container contract's /models.
+    multi_model: bool = False
+    # Our multi-model worker refuses (507) a load past this resident memory: the instance type's memory.
+    memory_limit_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -173,6 +178,10 @@ class LocalBackend:
             "--lifeline-fd",
             str(self._lifeline_r),
         ]
+        if spec.multi_model:
+            argv.append("--multi-model")
+        if spec.memory_limit_bytes is not None:
+            argv += ["--memory-limit-bytes", str(spec.memory_limit_bytes)]
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
                 *argv,

@@ -1,12 +1,13 @@
-"""Pure routing decisions: which variant by traffic weight, which instance by least outstanding requests.
+"""Pure routing decisions: which variant by traffic weight, which instance by least outstanding requests
+(and, for a multi-model request, by where its model is loaded).
 
-Both take their randomness as an argument so that tests can pin it. Neither allocates per call beyond need:
-they run on every invocation.
+Each takes its randomness (or rotating start) as an argument so that tests can pin it, and none allocates per
+call beyond need: they run on every invocation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from modelhost.router.table import EndpointRoute, InstanceHandle, VariantRoute
 
@@ -50,3 +51,30 @@ def choose_instance(
             if h.outstanding == 0:
                 break
     return best
+
+
+def choose_model_instance(
+    instances: Sequence[InstanceHandle],
+    holds: Callable[[InstanceHandle], bool],
+    max_outstanding: int,
+    hot_outstanding: int,
+    start: int,
+) -> InstanceHandle | None:
+    """For a multi-model request: an instance that holds the model (loaded, or on its way in) unless each
+    one is busy, else the least loaded instance, which then loads the model too.
+
+    The least busy holder below ``hot_outstanding`` requests in flight keeps the model's traffic (a load
+    costs far more than a queue); past that a hot model spreads to an instance with fewer requests in
+    flight. None when every instance is at ``max_outstanding``.
+    """
+    holder: InstanceHandle | None = None
+    for h in instances:
+        better = holder is None or h.outstanding < holder.outstanding
+        if better and h.outstanding < max_outstanding and holds(h):
+            holder = h
+    if holder is not None and holder.outstanding < hot_outstanding:
+        return holder
+    other = choose_instance(instances, max_outstanding, start)
+    if other is None or (holder is not None and other.outstanding >= holder.outstanding):
+        return holder
+    return other

@@ -16,10 +16,11 @@ from modelhost.errors import (
     ServiceUnavailable,
     ValidationError,
 )
-from modelhost.router.choice import choose_instance, choose_variant
+from modelhost.router.choice import choose_instance, choose_model_instance, choose_variant
 from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
+from modelhost.router.model_cache import LoadFailed
 from modelhost.router.streaming import STREAM_REQUEST_HEADER, ModelStream
-from modelhost.router.table import InstanceHandle, RouteTable
+from modelhost.router.table import EndpointRoute, InstanceHandle, RouteTable, VariantRoute
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class InvokeRequest:
     custom_attributes: bytes | None
     target_variant: str | None
     inference_id: bytes | None
+    target_model: str | None = None  # a multi-model endpoint's model: a key under its ModelDataUrl
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +54,13 @@ class Router:
         account_id: str,
         max_outstanding_per_instance: int,
         max_outstanding_per_endpoint: int = 1024,
+        hot_model_outstanding: int = 4,
     ) -> None:
         self._table = table
         self._account = account_id
         self._max_outstanding = max_outstanding_per_instance
         self._max_per_endpoint = max_outstanding_per_endpoint
+        self._hot_model = hot_model_outstanding
         # Requests in flight per endpoint; kept here, not on the route, because routes are rebuilt.
         self.in_flight: dict[str, int] = {}
         self._rotor = 0
@@ -68,6 +72,23 @@ class Router:
         return route.variants[0].name if route and route.variants else None
 
     def _pick(self, req: InvokeRequest, avoid: InstanceHandle | None = None) -> tuple[InstanceHandle, float]:
+        route, variant = self._variant(req)
+        if variant.model_prefix is not None:
+            raise ValidationError(
+                f"Endpoint {req.endpoint} is a multi-model endpoint: InvokeEndpoint needs TargetModel, the "
+                f"key of a model archive under its ModelDataUrl {variant.model_prefix} (for example "
+                "model-a.tar.gz)."
+            )
+        self._rotor += 1
+        instances = variant.instances
+        if avoid is not None:
+            instances = tuple(h for h in instances if h is not avoid)
+        handle = choose_instance(instances, self._max_outstanding, self._rotor)
+        if handle is None:
+            raise self._saturated(req, variant)
+        return handle, route.timeout_s
+
+    def _variant(self, req: InvokeRequest) -> tuple[EndpointRoute, VariantRoute]:
         route = self._table.routes.get(req.endpoint)
         if route is None:
             raise ValidationError(f"Endpoint {req.endpoint} of account {self._account} not found.")
@@ -90,21 +111,19 @@ class Router:
                     "(DescribeEndpoint shows its status)."
                 )
             variant = chosen
-        self._rotor += 1
-        instances = variant.instances
-        if avoid is not None:
-            instances = tuple(h for h in instances if h is not avoid)
-        handle = choose_instance(instances, self._max_outstanding, self._rotor)
-        if handle is None:
-            raise ServiceUnavailable(
-                f"Every instance of variant {variant.name} of endpoint {req.endpoint} is at its limit of "
-                f"{self._max_outstanding} requests in flight; retry, or add instances."
-            )
-        return handle, route.timeout_s
+        return route, variant
+
+    def _saturated(self, req: InvokeRequest, variant: VariantRoute) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"Every instance of variant {variant.name} of endpoint {req.endpoint} is at its limit of "
+            f"{self._max_outstanding} requests in flight; retry, or add instances."
+        )
 
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
         self._admit(req.endpoint)
         try:
+            if req.target_model is not None:
+                return await self._invoke_model(req, req.target_model)
             return await self._invoke(req)
         finally:
             self.in_flight[req.endpoint] -= 1
@@ -252,6 +271,91 @@ class Router:
             content_type=resp.content_type,
             custom_attributes=resp.custom_attributes,
             model_latency_us=latency_us,
+            queue_us=resp.queue_us,
+            batch_rows=resp.batch_rows,
+        )
+
+    async def _invoke_model(self, req: InvokeRequest, key: str) -> InvokeResult:
+        """A multi-model request: to an instance that has the model when one can take it (choice.py)."""
+        route, variant = self._variant(req)
+        if variant.model_prefix is None:
+            # SageMaker's words for it.
+            raise ValidationError(
+                f"Endpoint {req.endpoint} is not a multi-model endpoint and does not support target model "
+                "header."
+            )
+        handle = self._pick_for_model(req, variant, key, None)
+        try:
+            return await self._send_model(req, handle, key, route.timeout_s)
+        except InstanceNotConnected:
+            pass  # as in _invoke: the instance is being replaced; one other try
+        try:
+            other = self._pick_for_model(req, variant, key, handle)
+            return await self._send_model(req, other, key, route.timeout_s)
+        except (ServiceUnavailable, InstanceNotConnected):
+            raise ServiceUnavailable(
+                f"No instance of endpoint {req.endpoint} accepted the request (instance {handle.id} is not "
+                "accepting connections; it is being replaced). Retry shortly."
+            ) from None
+
+    def _pick_for_model(
+        self, req: InvokeRequest, variant: VariantRoute, key: str, avoid: InstanceHandle | None
+    ) -> InstanceHandle:
+        self._rotor += 1
+        instances = variant.instances
+        if avoid is not None:
+            instances = tuple(h for h in instances if h is not avoid)
+
+        def holds(h: InstanceHandle) -> bool:
+            return h.models is not None and h.models.holds(key)
+
+        handle = choose_model_instance(instances, holds, self._max_outstanding, self._hot_model, self._rotor)
+        if handle is None:
+            raise self._saturated(req, variant)
+        return handle
+
+    async def _send_model(
+        self, req: InvokeRequest, handle: InstanceHandle, key: str, timeout_s: float
+    ) -> InvokeResult:
+        models = handle.models
+        if models is None:
+            raise InternalFailure(f"Instance {handle.id} of a multi-model variant has no model cache.")
+        handle.outstanding += 1
+        started = time.perf_counter_ns()
+        try:
+            args = (req.content_type, req.accept, req.custom_attributes, req.inference_id, req.body)
+            done = await models.invoke(key, *args, timeout_s)
+        except InstanceTimeout:
+            raise self._model_error(
+                handle,
+                0,
+                f"Model {key!r} did not answer within {timeout_s:g} s, the endpoint's invocation timeout.",
+            ) from None
+        except InstanceNotConnected:
+            raise
+        except InstanceUnreachable as exc:
+            raise self._model_error(
+                handle,
+                0,
+                f"Instance {handle.id} closed the connection before answering for model {key!r} ({exc}); "
+                "its process may have exited while handling the request.",
+            ) from None
+        except LoadFailed as exc:
+            raise self._model_error(handle, exc.status, exc.message) from None
+        finally:
+            handle.release()
+        resp = done.reply
+        # ModelLatency is the model's time; the wait for its load is ModelLoadingWaitTime.
+        latency_us = (time.perf_counter_ns() - started) // 1000 - done.waited_us
+        handle.waiting = resp.waiting or 0
+        if resp.status >= 300:
+            raise self._model_error(handle, resp.status, resp.body.decode("utf-8", "replace"))
+        return InvokeResult(
+            variant=handle.variant,
+            body=resp.body,
+            content_type=resp.content_type,
+            custom_attributes=resp.custom_attributes,
+            model_latency_us=max(0, latency_us),
             queue_us=resp.queue_us,
             batch_rows=resp.batch_rows,
         )

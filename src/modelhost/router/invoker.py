@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelhost.router.instance_client import InstanceClient
+from modelhost.router.instance_client import InstanceClient, InstanceResponse
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 
@@ -73,20 +73,24 @@ class HttpInvoker:
             headers.append((b"x-amzn-sagemaker-custom-attributes", custom_attributes))
         if inference_id is not None:
             headers.append((b"x-amzn-sagemaker-inference-id", inference_id))
-        resp = await self.client.request("POST", "/invocations", headers, body, timeout_s)
-        h = resp.headers
-        return InstanceReply(
-            resp.status,
-            resp.body,
-            h.get("content-type"),
-            h.get(CUSTOM_ATTRIBUTES),
-            _int_header(h, "x-modelhost-queue-us"),
-            _int_header(h, "x-modelhost-batch-rows"),
-            _int_header(h, "x-modelhost-waiting"),
-        )
+        return reply_from(await self.client.request("POST", "/invocations", headers, body, timeout_s))
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def reply_from(resp: InstanceResponse) -> InstanceReply:
+    """An invocation's answer over HTTP (``/invocations``, or a multi-model ``/models/{name}/invoke``)."""
+    h = resp.headers
+    return InstanceReply(
+        resp.status,
+        resp.body,
+        h.get("content-type"),
+        h.get(CUSTOM_ATTRIBUTES),
+        _int_header(h, "x-modelhost-queue-us"),
+        _int_header(h, "x-modelhost-batch-rows"),
+        _int_header(h, "x-modelhost-waiting"),
+    )
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:

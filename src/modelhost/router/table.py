@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from modelhost.router.invoker import Invoker
 from modelhost.router.stream_client import StreamClient
+
+if TYPE_CHECKING:
+    from modelhost.router.model_manager import InstanceModels
 
 
 class InstanceHandle:
@@ -19,6 +23,7 @@ class InstanceHandle:
         "draining",
         "id",
         "log_stream_arn",
+        "models",
         "outstanding",
         "stream_client",
         "variant",
@@ -32,6 +37,7 @@ class InstanceHandle:
         client: Invoker,
         log_stream_arn: str,
         stream_client: StreamClient | None = None,
+        models: InstanceModels | None = None,
     ) -> None:
         self.id = id
         self.variant = variant
@@ -39,6 +45,8 @@ class InstanceHandle:
         # Streamed invocations (InvokeEndpointWithResponseStream) go over HTTP to the container contract.
         self.stream_client = stream_client
         self.log_stream_arn = log_stream_arn
+        # A multi-model instance's model cache (model_manager.py); None for single-model instances.
+        self.models = models
         self.outstanding = 0
         # Requests the instance said were waiting for a handler when it last answered (its own gauge).
         self.waiting = 0
@@ -64,6 +72,8 @@ class VariantRoute:
     name: str
     weight: float
     instances: tuple[InstanceHandle, ...]
+    # A multi-model variant: the ModelDataUrl prefix its TargetModel keys live under; None otherwise.
+    model_prefix: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

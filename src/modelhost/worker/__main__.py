@@ -4,10 +4,12 @@ Command line (written by the server's instance backend)::
 
     python -m modelhost.worker --socket PATH --model-dir DIR --runtime sklearn --vcpus N --timeout-s 60
         --failure-file PATH [--lifeline-fd FD] [--hang-grace-s 5]
+        [--multi-model [--memory-limit-bytes N]]  (then no --model-dir: docs/multi-model-worker.md)
 
 Environment: the model container's ``Environment`` (SAGEMAKER_PROGRAM, SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT,
-MODELHOST_MAX_BATCH_SIZE, MODELHOST_MAX_BATCH_DELAY_US, MODELHOST_PREFERRED_BATCH_SIZES, user variables),
-SM_MODEL_DIR, and the *_NUM_THREADS variables the server derives from the vCPUs.
+SAGEMAKER_MULTI_MODEL, MODELHOST_MAX_BATCH_SIZE, MODELHOST_MAX_BATCH_DELAY_US,
+MODELHOST_PREFERRED_BATCH_SIZES, user variables), SM_MODEL_DIR, and the *_NUM_THREADS variables the server
+derives from the vCPUs.
 """
 
 from __future__ import annotations

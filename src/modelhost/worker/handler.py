@@ -79,23 +79,25 @@ def handler_path(model_dir: Path, program: str | None) -> Path | None:
     )
 
 
-def import_handler_module(path: Path) -> ModuleType:
-    """Import ``path`` under its file name, with its directory on sys.path for its own helper modules."""
+def import_handler_module(path: Path, module_name: str | None = None) -> ModuleType:
+    """Import ``path`` under its file name (or ``module_name``: a multi-model worker gives each model's
+    handler a name of its own), with its directory on sys.path for its own helper modules."""
     code_dir = str(path.parent)
     if code_dir not in sys.path:
         sys.path.insert(0, code_dir)
+    name = module_name or path.stem
     # Loaded from the file itself, not by module name: an installed package that happens to be called
     # "inference" must not shadow the user's file.
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise LoadFailure(f"Cannot import {path}: not a Python source file")
     module = importlib.util.module_from_spec(spec)
     # Registered before running it, as a normal import does: pickle and dataclasses look classes up there.
-    sys.modules[path.stem] = module
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
-        sys.modules.pop(path.stem, None)
+        sys.modules.pop(name, None)
         hint = (
             "List the missing package in code/requirements.txt, or install it in the worker's environment"
             if isinstance(exc, ModuleNotFoundError)

@@ -1,7 +1,8 @@
 """The worker's life: listen at once, load the model in the background, serve, stop.
 
 Run by ``__main__`` on a uvloop event loop; builds the contract app, the handler pool, the dispatcher and
-the HTTP server, and owns every way the process ends (SIGTERM/SIGINT, lifeline EOF, load failure).
+the HTTP server, and owns every way the process ends (SIGTERM/SIGINT, lifeline EOF, load failure). With
+``--multi-model`` there is no model to load: the model service and its ``/models`` route serve instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from modelhost.worker.frame_server import FrameService
 from modelhost.worker.health import BusyClock
 from modelhost.worker.lifeline import watch_lifeline
 from modelhost.worker.loading import load_pipeline
+from modelhost.worker.models import ModelService
+from modelhost.worker.models_route import ModelsRoute
 from modelhost.worker.options import MAX_BATCH_SIZE_ENV, WorkerOptions
 from modelhost.worker.pipeline import Pipeline
 from modelhost.worker.server import ContractApp
@@ -99,7 +102,8 @@ class WorkerProcess:
                 watch_lifeline(loop, options.lifeline_fd, self._on_lifeline_eof)
             sock = bind_unix_socket(options.socket_path)
             frame_sock = None
-            if options.frame_socket_path is not None:
+            # Frames are single-model (frame_runner.py): a multi-model worker is invoked over HTTP only.
+            if options.frame_socket_path is not None and not options.multi_model:
                 frame_sock = bind_unix_socket(options.frame_socket_path)
         except OSError as exc:
             self._fail(
@@ -113,7 +117,11 @@ class WorkerProcess:
         executor = ThreadPoolExecutor(max_workers=options.prediction_threads, thread_name_prefix="handler")
         busy = BusyClock()
         streams = StreamRunner(executor=executor, busy=busy, loop=loop)
-        app = ContractApp(busy=busy, hang_after_s=options.hang_after_s, streams=streams)
+        models: ModelsRoute | None = None
+        if options.multi_model:
+            service = ModelService(options=options, executor=executor, busy=busy, loop=loop)
+            models = ModelsRoute(service, loop)
+        app = ContractApp(busy=busy, hang_after_s=options.hang_after_s, streams=streams, models=models)
         server = await start_server(app, sock=sock, options=server_options(options))
         self._server = server
         frames = FrameService(loop, busy)
@@ -126,25 +134,30 @@ class WorkerProcess:
             options.prediction_threads,
         )
 
-        log.info("loading model from %s with the %s runtime", options.model_dir, options.runtime)
-        started = time.perf_counter()
-        # Not awaited: requests get 503 until it is done. If we stop first, the thread is abandoned with the
-        # process (nothing can interrupt a running model_fn).
-        loading = executor.submit(load_pipeline, options)
-        loading.add_done_callback(
-            lambda future: loop.call_soon_threadsafe(
-                self._on_loaded,
-                app,
-                frames,
-                streams,
-                future,
-                started,
-                partial(self._build_dispatcher, executor, busy, loop),
+        if models is not None:
+            log.info("serving many models with the %s runtime: ready, no model loaded yet", options.runtime)
+        else:
+            log.info("loading model from %s with the %s runtime", options.model_dir, options.runtime)
+            started = time.perf_counter()
+            # Not awaited: requests get 503 until it is done. If we stop first, the thread is abandoned with
+            # the process (nothing can interrupt a running model_fn).
+            loading = executor.submit(load_pipeline, options)
+            loading.add_done_callback(
+                lambda future: loop.call_soon_threadsafe(
+                    self._on_loaded,
+                    app,
+                    frames,
+                    streams,
+                    future,
+                    started,
+                    partial(self._build_dispatcher, executor, busy, loop),
+                )
             )
-        )
 
         await self._stop.wait()
         app.set_stopping()
+        if models is not None:
+            models.set_stopping()
         log.info(
             "stopping (%s): finishing in-flight requests for at most %d s",
             self._stop_reason,
@@ -153,8 +166,10 @@ class WorkerProcess:
         server.close()
         await asyncio.gather(server.wait_closed(), frames.close(math.ceil(options.timeout_s)))
         await streams.close()
+        if models is not None:
+            await models.close()
         _unlink(options.socket_path)
-        if options.frame_socket_path is not None:
+        if frame_sock is not None and options.frame_socket_path is not None:
             _unlink(options.frame_socket_path)
         log.info("stopped")
         return self._exit_code

@@ -17,7 +17,7 @@ from modelhost.runtimes.runtime import Runtime, RuntimeResources
 from modelhost.worker.batching import BatchPolicy
 from modelhost.worker.context import HandlerContext
 from modelhost.worker.failure import LoadFailure, describe_exception
-from modelhost.worker.handler import HandlerFunction, load_user_handlers
+from modelhost.worker.handler import HandlerFunction, UserHandlers, load_user_handlers
 from modelhost.worker.options import WorkerOptions
 from modelhost.worker.pipeline import Pipeline
 
@@ -29,10 +29,10 @@ class BatchesByModel(Protocol):
     def batch_policy(self, model: object) -> BatchPolicy | None: ...
 
 
-def system_properties(options: WorkerOptions) -> dict[str, object]:
+def system_properties(options: WorkerOptions, model_dir: Path | None = None) -> dict[str, object]:
     """What toolkit code reads from ``context.system_properties`` (TorchServe's names)."""
     return {
-        "model_dir": str(options.model_dir),
+        "model_dir": str(options.model_dir if model_dir is None else model_dir),
         "gpu_id": 0 if options.gpus else None,  # the instance's first GPU, as TorchServe numbers them
         "batch_size": 1,
         "server_name": "modelhost",
@@ -74,17 +74,32 @@ def _run_default(runtime: Runtime, step: str, call: Callable[[], object]) -> obj
         raise LoadFailure(f"The {runtime.name} runtime's {step} failed: {describe_exception(exc)}") from exc
 
 
-def load_pipeline(options: WorkerOptions) -> Pipeline:
-    """Everything that happens before /ping may answer 200."""
+def runtime_for(options: WorkerOptions) -> Runtime:
+    """A new instance of the worker's runtime (one per model in a multi-model worker)."""
     resources = RuntimeResources(vcpus=options.vcpus, gpu_ids=tuple(range(options.gpus)))
-    runtime = _runtime(options.runtime, resources)
-    model_dir = options.model_dir
+    return _runtime(options.runtime, resources)
+
+
+def check_model_dir(model_dir: Path) -> None:
     if not model_dir.is_dir():
         raise LoadFailure(
             f"The model directory {model_dir} does not exist; the artifact was not unpacked there"
         )
-    handlers = load_user_handlers(model_dir, options.program)
-    properties = system_properties(options)
+
+
+def load_pipeline(options: WorkerOptions) -> Pipeline:
+    """Everything that happens before /ping may answer 200."""
+    runtime = runtime_for(options)
+    check_model_dir(options.model_dir)
+    handlers = load_user_handlers(options.model_dir, options.program)
+    return build_pipeline(options, runtime, options.model_dir, handlers)
+
+
+def build_pipeline(
+    options: WorkerOptions, runtime: Runtime, model_dir: Path, handlers: UserHandlers
+) -> Pipeline:
+    """pre_model_fn, model_fn and warm-up of the model in ``model_dir``, with its handler code imported."""
+    properties = system_properties(options, model_dir)
     context = HandlerContext((), properties)
     source = handlers.source
     if source is not None and handlers.pre_model_fn is not None:

@@ -21,6 +21,9 @@ MAX_BATCH_DELAY_US_ENV = "MODELHOST_MAX_BATCH_DELAY_US"
 PREFERRED_BATCH_SIZES_ENV = "MODELHOST_PREFERRED_BATCH_SIZES"
 # Longer is surely a unit mistake (the value is in microseconds) and would eat into the invocation timeout.
 MAX_BATCH_DELAY_US_LIMIT = 10_000_000
+MULTI_MODEL_ENV = "SAGEMAKER_MULTI_MODEL"  # "true": the multi-model contract, read as the toolkit does
+# The toolkit's model directory in multi-model mode; informational only, each model names its own directory.
+MULTI_MODEL_DIR = Path("/opt/ml/models")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,10 @@ class WorkerOptions:
     batching: BatchPolicy | None = None  # MODELHOST_*_BATCH_* variables; None: one request at a time
     frame_socket_path: Path | None = None  # unix socket for the router's invocation frames; None: HTTP only
     gpus: int = 0  # GPUs given to the instance, visible as devices 0..gpus-1 (CUDA_VISIBLE_DEVICES)
+    # Multi-model contract (POST /models ...; docs/multi-model-worker.md): no model at start, each loaded on
+    # request from its own directory. Frames stay single-model: the frame socket is not opened.
+    multi_model: bool = False
+    memory_limit_bytes: int | None = None  # multi-model: a load that would take the RSS past this gets 507
 
     @property
     def prediction_threads(self) -> int:
@@ -51,6 +58,13 @@ class WorkerOptions:
     def hang_after_s(self) -> float:
         """A prediction running this long means a stuck handler: /ping fails so the server replaces us."""
         return self.timeout_s + self.hang_grace_s
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -119,7 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--frame-socket", type=Path, default=None, help="unix socket for invocations in frames (the router's)"
     )
-    parser.add_argument("--model-dir", required=True, type=Path, help="the unpacked model artifact")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="the unpacked model artifact (not with --multi-model)"
+    )
     parser.add_argument("--runtime", required=True, help="framework adapter, e.g. sklearn")
     parser.add_argument("--vcpus", required=True, type=_positive_float, help="vCPUs of the instance type")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs the instance has (devices 0..N-1)")
@@ -132,6 +148,17 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_HANG_GRACE_S,
         help="grace after --timeout-s before a running prediction counts as hung",
     )
+    parser.add_argument(
+        "--multi-model",
+        action="store_true",
+        help=f"serve the multi-model contract (POST /models ...); also set by {MULTI_MODEL_ENV}=true",
+    )
+    parser.add_argument(
+        "--memory-limit-bytes",
+        type=_positive_int,
+        default=None,
+        help="multi-model: refuse (507) a load that takes the worker's resident memory past this",
+    )
     return parser
 
 
@@ -141,7 +168,11 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerOpti
     Exits 2 on bad arguments (the server's mistake); raises ``InvalidEnvironment`` on a bad environment value
     (the user's, reported as a load failure).
     """
-    args = _parser().parse_args(list(argv))
+    parser = _parser()
+    args = parser.parse_args(list(argv))
+    multi_model = bool(args.multi_model) or environ.get(MULTI_MODEL_ENV, "").strip().lower() == "true"
+    if args.model_dir is None and not multi_model:
+        parser.error("--model-dir is required unless the worker serves many models (--multi-model)")
     try:
         batching = parse_batch_policy(environ)
     except ValueError as exc:
@@ -150,7 +181,7 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerOpti
         ) from exc
     return WorkerOptions(
         socket_path=args.socket,
-        model_dir=args.model_dir,
+        model_dir=MULTI_MODEL_DIR if args.model_dir is None else args.model_dir,
         runtime=args.runtime,
         vcpus=args.vcpus,
         timeout_s=args.timeout_s,
@@ -162,4 +193,6 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerOpti
         batching=batching,
         frame_socket_path=args.frame_socket,
         gpus=max(0, args.gpus),
+        multi_model=multi_model,
+        memory_limit_bytes=args.memory_limit_bytes,
     )

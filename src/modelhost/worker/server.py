@@ -1,7 +1,8 @@
 """The SageMaker container contract as a handler on modelhost's lean HTTP server: ``GET /ping`` and
 ``POST /invocations``.
 
-The lifecycle flips it to ready once the model is loaded. Invocations are fully callback-driven: the request
+The lifecycle flips it to ready once the model is loaded; a multi-model worker is ready at once and hands
+``/models`` to its own route (``models_route.py``). Invocations are fully callback-driven: the request
 goes to the dispatcher and its reply is written from the dispatcher's callback, with no task per request.
 This is the worker's HTTP edge: the one place that maps replies to statuses. No per-request logging.
 """
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from modelhost.http import Request, Responder
+from modelhost.http import Handler, Request, Responder
 from modelhost.worker.dispatch import NOT_LOADED, Dispatcher, WorkReply, WorkRequest
 from modelhost.worker.health import BusyClock, Phase, is_healthy, is_hung
 from modelhost.worker.kserve_route import INFER_PATH, READY_PATH, infer_reply, infer_request
@@ -49,12 +50,15 @@ class ContractApp:
         hang_after_s: float,
         clock: Callable[[], float] = time.monotonic,
         streams: StreamRunner | None = None,
+        models: Handler | None = None,
     ) -> None:
         self._busy = busy
+        # Multi-model mode: the /models routes. No model to wait for: healthy as soon as we listen.
+        self._models = models
         self._streams = streams  # streamed answers (docs/streaming.md); None: every answer is whole
         self._hang_after_s = hang_after_s
         self._clock = clock
-        self._phase = Phase.LOADING
+        self._phase = Phase.LOADING if models is None else Phase.READY
         self._dispatcher: Dispatcher | None = None
         self._reported_hung = False
 
@@ -78,6 +82,8 @@ class ContractApp:
             self._ping(request, responder)
         elif INFER_PATH.fullmatch(path):
             self._kserve_infer(request, responder)
+        elif self._models is not None and (path == b"/models" or path.startswith(b"/models/")):
+            self._models(request, responder)
         else:
             message = f"No route for {path.decode('latin-1')}: try /ping or /invocations"
             _respond(responder, 404, message.encode())
@@ -111,7 +117,10 @@ class ContractApp:
             return
         dispatcher = self._dispatcher
         if dispatcher is None:
-            _send_reply(responder, NOT_LOADED, 0)
+            if self._models is not None:
+                _respond(responder, 404, b"This worker serves many models: use POST /models/{name}/invoke")
+                return
+            send_reply(responder, NOT_LOADED, 0)
             return
         content_type: str | None = None
         accept: str | None = None
@@ -133,7 +142,7 @@ class ContractApp:
             return
         dispatcher = self._dispatcher
         if dispatcher is None:
-            _send_reply(responder, infer_reply(NOT_LOADED), 0)
+            send_reply(responder, infer_reply(NOT_LOADED), 0)
             return
         work = infer_request(request.body, request.headers)
         dispatcher.submit(work, lambda reply: _answer(responder, dispatcher, infer_reply(reply)))
@@ -142,10 +151,10 @@ class ContractApp:
 def _answer(responder: Responder, dispatcher: Dispatcher, reply: WorkReply) -> None:
     # On the loop, from the dispatcher. The client may have gone (or the server shut down) meanwhile.
     if not responder.closed:
-        _send_reply(responder, reply, dispatcher.waiting())
+        send_reply(responder, reply, dispatcher.waiting())
 
 
-def _send_reply(responder: Responder, reply: WorkReply, waiting: int) -> None:
+def send_reply(responder: Responder, reply: WorkReply, waiting: int) -> None:
     # What the server turns into model latency, queue delay, batch size and queued metrics.
     timings = (
         (MODEL_US_HEADER, b"%d" % reply.model_us),

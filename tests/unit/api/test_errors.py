@@ -20,6 +20,7 @@ CONTROL = [
 RUN = [
     (e.ValidationError("x"), "ValidationError", 400),
     (e.ModelInvocationError("x", 500, "y", None), "ModelError", 424),
+    (e.ResourceLimitExceeded("x"), "ValidationError", 400),
     (e.ModelNotReady("x"), "ModelNotReadyException", 429),
     (e.ServiceUnavailable("x"), "ServiceUnavailable", 503),
     (e.UnsupportedOperation("x"), "NotImplemented", 501),

@@ -1,0 +1,105 @@
+"""The multi-model container contract from the server's side: load, describe, unload and invoke one model of
+an instance over HTTP (``POST /models``, ``GET``/``DELETE /models/{name}``, ``POST /models/{name}/invoke``).
+
+Our worker started with ``--multi-model`` answers it, and so does any bring-your-own multi-model server
+(docs/multi-model.md). The instance's model manager (model_manager.py) is the only caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from modelhost.router.instance_client import InstanceClient, InstanceResponse
+from modelhost.router.invoker import InstanceReply, reply_from
+
+TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
+_JSON = (b"content-type", b"application/json")
+_MESSAGE_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReply:
+    """The answer to ``POST /models``: 200 loaded, 409 already loaded, 507 no room, else a load failure.
+
+    ``memory_bytes`` is what the model took once loaded, as the instance measured it; None from servers that
+    do not say (the contract does not require it)."""
+
+    status: int
+    memory_bytes: int | None
+    message: str
+
+
+class ModelServerClient:
+    def __init__(self, client: InstanceClient) -> None:
+        self._client = client
+
+    async def load(self, name: str, directory: Path, timeout_s: float) -> LoadReply:
+        body = orjson.dumps({"model_name": name, "url": str(directory)})
+        resp = await self._client.request("POST", "/models", [_JSON], body, timeout_s)
+        return LoadReply(resp.status, _memory_bytes(resp), message_of(resp))
+
+    async def memory_bytes(self, name: str, timeout_s: float) -> int | None:
+        """What a loaded model takes, when the instance says (``GET /models/{name}``)."""
+        resp = await self._client.request("GET", f"/models/{name}", timeout_s=timeout_s)
+        return _memory_bytes(resp) if resp.status == 200 else None
+
+    async def is_loaded(self, name: str, timeout_s: float) -> bool:
+        resp = await self._client.request("GET", f"/models/{name}", timeout_s=timeout_s)
+        return resp.status == 200
+
+    async def unload(self, name: str, timeout_s: float) -> InstanceResponse:
+        """``DELETE /models/{name}``: 200 unloaded, 404 it was not loaded."""
+        return await self._client.request("DELETE", f"/models/{name}", timeout_s=timeout_s)
+
+    async def invoke(
+        self,
+        name: str,
+        target_model: bytes,
+        content_type: bytes | None,
+        accept: bytes | None,
+        custom_attributes: bytes | None,
+        inference_id: bytes | None,
+        body: bytes,
+        timeout_s: float,
+    ) -> InstanceReply:
+        headers = [(TARGET_MODEL_HEADER, target_model)]
+        if content_type is not None:
+            headers.append((b"content-type", content_type))
+        if accept is not None:
+            headers.append((b"accept", accept))
+        if custom_attributes is not None:
+            headers.append((b"x-amzn-sagemaker-custom-attributes", custom_attributes))
+        if inference_id is not None:
+            headers.append((b"x-amzn-sagemaker-inference-id", inference_id))
+        resp = await self._client.request("POST", f"/models/{name}/invoke", headers, body, timeout_s)
+        return reply_from(resp)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _memory_bytes(resp: InstanceResponse) -> int | None:
+    try:
+        doc = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return None
+    value = doc.get("memory_bytes") if isinstance(doc, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def message_of(resp: InstanceResponse | InstanceReply) -> str:
+    """The words of an error answer: its JSON ``message`` when it has one, else its text."""
+    text = resp.body.decode("utf-8", "replace")
+    try:
+        doc = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        for field in ("message", "Message", "error"):
+            if isinstance(doc.get(field), str):
+                text = doc[field]
+                break
+    return text[:_MESSAGE_CHARS]

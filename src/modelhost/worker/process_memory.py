@@ -1,0 +1,65 @@
+"""The worker process's resident memory, and giving freed memory back to the OS. Used by the model service
+(``models.py``) to measure what loading a model really added and what unloading it really freed.
+
+What the numbers mean, and where they lie (docs/multi-model-worker.md):
+
+* RSS counts pages resident now, shared ones included: a model whose weights are memory-mapped from a file
+  shows only the pages it has touched, and pages it shares with the page cache count in full.
+* The first model to import a framework (torch, sklearn) pays for the framework's code and globals; later
+  models of that framework show only their own weights. Unloading the last of them does not give the
+  framework back: Python never unimports extension modules.
+* Allocators cache: glibc keeps freed small blocks in its arenas until ``malloc_trim`` (called here), and
+  other allocators (PyTorch's, jemalloc in some wheels) keep their own pools that this cannot reach.
+* Other threads allocate meanwhile: invocations of other models and a concurrent load both show up in the
+  difference. Concurrent loads over-count (each sees the other); an unload during a load under-counts it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+import os
+from collections.abc import Callable
+
+_STATM = "/proc/self/statm"
+
+
+@functools.cache
+def _page_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now; 0 where /proc is missing (not Linux)."""
+    try:
+        with open(_STATM, "rb") as statm:
+            fields = statm.read().split()
+    except OSError:
+        return 0
+    # statm: size resident shared text lib data dt, in pages.
+    return int(fields[1]) * _page_bytes()
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc (musl has no malloc_trim)
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def release_free_memory() -> None:
+    """Collect garbage, then ask glibc to return free heap pages to the OS (ctypes drops the GIL for it)."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
