@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup run test unit integration e2e lint typecheck bench bench-peers clean
+.PHONY: setup run test unit integration e2e lint typecheck bench bench-peers bench-mme clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench: $(STAMP)
 bench-peers: $(STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python bench/peers_bench.py
+
+# 1,000 small models behind one multi-model endpoint whose memory holds about 50, Zipf traffic, 3 minutes.
+bench-mme: $(STAMP)
+	$(BIN)/python bench/mme_scale.py
 
 clean:
 	rm -rf $(VENV) modelhost-data .pytest_cache .mypy_cache .ruff_cache

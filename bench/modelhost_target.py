@@ -100,10 +100,15 @@ class Modelhost:
         instances: int,
         model_url: str = MODEL_URL,
         environment: Mapping[str, str] | None = None,
+        multi_model: bool = False,
     ) -> float:
-        """CreateModel, CreateEndpointConfig, CreateEndpoint, then the InService waiter; returns seconds."""
+        """CreateModel, CreateEndpointConfig, CreateEndpoint, then the InService waiter; returns seconds.
+
+        ``multi_model``: ``Mode: MultiModel`` with ``model_url`` as the prefix."""
         started = time.monotonic()
         container: dict[str, Any] = {"Image": "sklearn", "ModelDataUrl": model_url}
+        if multi_model:
+            container["Mode"] = "MultiModel"
         if environment:
             container["Environment"] = dict(environment)
         self._sm.create_model(ModelName=endpoint, ExecutionRoleArn=ROLE, PrimaryContainer=container)

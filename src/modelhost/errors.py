@@ -57,9 +57,11 @@ class ModelInvocationError(ModelhostError):
         original_message: str,
         log_stream_arn: str | None,
         variant: str | None = None,
+        container: str | None = None,  # the container that failed, on a multi-container endpoint
     ) -> None:
         super().__init__(message)
         self.variant = variant
+        self.container = container
         self.original_status = original_status
         self.original_message = original_message
         self.log_stream_arn = log_stream_arn

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -17,7 +18,10 @@ from prometheus_client.exposition import generate_latest
 
 from modelhost.router.table import RouteTable
 
-_LATENCY_BUCKETS_US = (
+if TYPE_CHECKING:
+    from modelhost.api.container_metrics import ContainerCounts
+
+LATENCY_BUCKETS_US = (
     100,
     250,
     500,
@@ -99,10 +103,10 @@ class VariantMetrics:
         self.errors_4xx = Count()
         self.errors_5xx = Count()
         self.model_errors = Count()
-        self.model_latency = Buckets(_LATENCY_BUCKETS_US)
-        self.overhead_latency = Buckets(_LATENCY_BUCKETS_US)
+        self.model_latency = Buckets(LATENCY_BUCKETS_US)
+        self.overhead_latency = Buckets(LATENCY_BUCKETS_US)
         self.batch_rows = Buckets(_ROW_BUCKETS)
-        self.queue_delay = Buckets(_LATENCY_BUCKETS_US)
+        self.queue_delay = Buckets(LATENCY_BUCKETS_US)
 
 
 # (name, help, attribute) of each family, in exposition order.
@@ -130,6 +134,11 @@ class InvocationMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self._children: dict[tuple[str, str], VariantMetrics] = {}
         self.registry.register(_VariantCollector(self._children))
+        # Imported here: container_metrics builds on this module's Count and Buckets.
+        from modelhost.api.container_metrics import ContainerCollector
+
+        self._containers = ContainerCollector()
+        self.registry.register(self._containers)
         if table is not None:
             self.registry.register(LoadCollector(table))
 
@@ -139,6 +148,10 @@ class InvocationMetrics:
         if child is None:
             child = self._children[key] = VariantMetrics()
         return child
+
+    def container(self, endpoint: str, variant: str, container: str) -> ContainerCounts:
+        """A multi-container endpoint's counts for one of its containers (container_metrics.py)."""
+        return self._containers.container(endpoint, variant, container)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -24,7 +24,7 @@ from modelhost.errors import (
     ValidationError,
 )
 from modelhost.http import Respond, Responder
-from modelhost.router.invoke import InvokeRequest, Router
+from modelhost.router.invoke import InvokeRequest, InvokeResult, Router
 from modelhost.router.model_cache import check_target_model
 
 log = logging.getLogger("modelhost.api")
@@ -44,7 +44,6 @@ _WANTED = {
 # Members of InvokeEndpoint that belong to features modelhost does not have yet: refused by name, never
 # silently ignored.
 _NOT_YET = {
-    b"x-amzn-sagemaker-target-container-hostname": "TargetContainerHostname (multi-container endpoints)",
     b"x-amzn-sagemaker-inference-component": "InferenceComponentName (inference components)",
     b"x-amzn-sagemaker-session-id": "SessionId (stateful sessions)",
     b"x-amzn-sagemaker-enable-explanations": "EnableExplanations (explainers)",
@@ -84,6 +83,7 @@ class RuntimeApi:
                 raise self._too_large()
             tv = h.get(b"x-amzn-sagemaker-target-variant")
             tm = h.get(b"x-amzn-sagemaker-target-model")
+            tc = h.get(b"x-amzn-sagemaker-target-container-hostname")
             req = InvokeRequest(
                 endpoint=endpoint,
                 body=body,
@@ -93,6 +93,7 @@ class RuntimeApi:
                 target_variant=tv.decode("latin-1") if tv is not None else None,
                 inference_id=h.get(b"x-amzn-sagemaker-inference-id"),
                 target_model=check_target_model(_text(tm)) if tm is not None else None,
+                target_container=_text(tc) if tc is not None else None,
             )
         except ModelhostError as exc:
             self._fail(respond, exc, endpoint, None)
@@ -158,6 +159,17 @@ class RuntimeApi:
             m.batch_rows.observe(result.batch_rows)
         if result.queue_us is not None:
             m.queue_delay.observe(result.queue_us)
+        if result.container is not None or result.steps:
+            self._container_metrics(req.endpoint, result)
+
+    def _container_metrics(self, endpoint: str, result: InvokeResult) -> None:
+        """A multi-container endpoint's answer: per container, the Direct target or each pipeline step."""
+        if result.steps:
+            for step in result.steps:
+                self._metrics.container(endpoint, result.variant, step.container).succeeded(step.latency_us)
+        elif result.container is not None:
+            c = self._metrics.container(endpoint, result.variant, result.container)
+            c.succeeded(result.model_latency_us)
 
     def _fail(self, respond: Respond, exc: ModelhostError, endpoint: str, variant: str | None) -> None:
         wire = lookup(RUNTIME, exc)
@@ -180,6 +192,8 @@ class RuntimeApi:
         m.invocations.inc()
         if isinstance(exc, ModelInvocationError):
             m.model_errors.inc()
+            if exc.container is not None:
+                self._metrics.container(endpoint, route_variant, exc.container).failed(exc.original_status)
         (m.errors_4xx if wire.status < 500 else m.errors_5xx).inc()
 
 

@@ -10,6 +10,7 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +27,13 @@ from modelhost.controller.reconcile import (
     progress,
     targets,
 )
-from modelhost.controller.supervisor import InstancePlan, ManagedInstance, Supervisor, SupervisorEvents
+from modelhost.controller.supervisor import (
+    ContainerPlan,
+    InstancePlan,
+    ManagedInstance,
+    Supervisor,
+    SupervisorEvents,
+)
 from modelhost.domain.specs import (
     ContainerSpec,
     DeploymentSpec,
@@ -48,7 +55,13 @@ from modelhost.router.model_cache import (
     ModelCachePlan,
     model_list,
 )
-from modelhost.router.table import EndpointRoute, InstanceHandle, RouteTable, VariantRoute
+from modelhost.router.table import (
+    ContainerRoute,
+    EndpointRoute,
+    InstanceHandle,
+    RouteTable,
+    VariantRoute,
+)
 from modelhost.settings import Settings
 from modelhost.store.metadata import EndpointRow, MetadataStore
 from modelhost.store.objects import ObjectStore
@@ -249,10 +262,12 @@ class Fleet:
                 self._table.remove(row.name)
                 continue
             prefixes: dict[str, str | None] = {}
+            containers: dict[str, ContainerRoute | None] = {}
             try:
                 spec = self._deployment(row.deployment)
                 timeout = spec.invocation_timeout_s
                 prefixes = {v.name: _model_prefix(v) for v in spec.variants}
+                containers = {v.name: _containers(v) for v in spec.variants}
             except ModelhostError:
                 # An image this server no longer understands (say, a name dropped from
                 # MODELHOST_CONTAINER_COMMANDS): its instances fail to plan and say why; others go on.
@@ -272,6 +287,7 @@ class Fleet:
                     float(v["DesiredWeight"]),
                     tuple(sorted(by_variant.get(v["VariantName"], []), key=lambda h: h.id)),
                     prefixes.get(v["VariantName"]),
+                    containers.get(v["VariantName"]),
                 )
                 for v in row.variants
             )
@@ -342,7 +358,46 @@ class Fleet:
         if multi_model:
             cache = self._model_cache_plan(variant, container, model_dir, resources.memory_bytes)
             return InstancePlan(launch, "", None, stream, cache)
+        if variant.model.multi_container:
+            return self._containers_plan(launch, variant, model_dir.parent)
         return InstancePlan(launch, container.model_data_url or "", container.compression, stream)
+
+    def _containers_plan(self, first: LaunchSpec, variant: VariantSpec, variant_dir: Path) -> InstancePlan:
+        """A serial pipeline or multi-container instance: one process per container, each with its own
+        artifact directory, runtime, Environment and log stream."""
+        model = variant.model
+        plans = []
+        for i, (container, hostname) in enumerate(zip(model.containers, model.hostnames, strict=True)):
+            launch = replace(
+                first,
+                instance_id=f"{first.instance_id}-c{i + 1}",
+                runtime=container.runtime,
+                model_dir=variant_dir / f"c{i + 1}" / "model",
+                environment=(
+                    dict(container.environment)
+                    if isinstance(container.runtime, ServerProgram)
+                    else self._worker_environment(container.environment)
+                ),
+            )
+            stream = log_stream_arn(
+                self._settings.region,
+                self._settings.account_id,
+                first.endpoint,
+                f"{variant.name}/{launch.instance_id}",
+            )
+            plans.append(
+                ContainerPlan(hostname, launch, container.model_data_url or "", container.compression, stream)
+            )
+        head = plans[0]
+        return InstancePlan(
+            head.launch,
+            head.model_data_url,
+            head.compression,
+            head.log_stream_arn,
+            None,
+            tuple(plans),
+            model.mode,
+        )
 
     def _model_cache_plan(
         self, variant: VariantSpec, container: ContainerSpec, root: Path, memory_bytes: int
@@ -413,3 +468,10 @@ class Fleet:
 
 def _model_prefix(variant: VariantSpec) -> str | None:
     return variant.model.containers[0].model_prefix if variant.model.containers else None
+
+
+def _containers(variant: VariantSpec) -> ContainerRoute | None:
+    model = variant.model
+    if not model.multi_container:
+        return None
+    return ContainerRoute(model.hostnames, direct=model.mode == "Direct")

@@ -28,6 +28,7 @@ from modelhost.router.invoker import HttpInvoker, Invoker
 from modelhost.router.model_cache import ModelCacheEvents, ModelCachePlan, NoEvents
 from modelhost.router.model_client import ModelServerClient
 from modelhost.router.model_manager import InstanceModels
+from modelhost.router.serial import SerialInvoker
 from modelhost.router.stream_client import StreamClient
 from modelhost.router.table import InstanceHandle
 from modelhost.settings import Settings
@@ -47,8 +48,22 @@ class ManagedInstance:
     process: LocalInstance | None = None
     handle: InstanceHandle | None = None
     pinger: InstanceClient | None = None  # /ping over HTTP; invocations go through the handle's invoker
+    # A multi-container instance's other containers (``process`` is its first), each with its pinger.
+    siblings: list[LocalInstance] = field(default_factory=list)
+    sibling_pingers: list[InstanceClient] = field(default_factory=list)
     gpu_ids: tuple[int, ...] = ()  # the host GPUs it holds until its process is gone
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPlan:
+    """One container of a multi-container instance: its own process, artifact and log stream."""
+
+    hostname: str
+    launch: LaunchSpec
+    model_data_url: str
+    compression: str | None
+    log_stream_arn: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +75,10 @@ class InstancePlan:
     compression: str | None
     log_stream_arn: str
     models: ModelCachePlan | None = None  # a multi-model instance: no artifact at start, a model cache
+    # A serial pipeline or multi-container endpoint: every container, in order (the fields above are the
+    # first one's), and InferenceExecutionConfig.Mode (Serial or Direct).
+    containers: tuple[ContainerPlan, ...] = ()
+    mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,16 +134,20 @@ class Supervisor:
             if drain:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(inst.handle.drained(), self._settings.invocation_timeout_s)
-            await inst.handle.client.close()
+            # A multi-container handle's client is made of its containers' invokers.
+            for invoker in (inst.handle.containers or {inst.id: inst.handle.client}).values():
+                await invoker.close()
             if inst.handle.stream_client is not None:
                 await inst.handle.stream_client.close()
             if inst.handle.models is not None:
                 # Its models go with it: routing stops seeing them, and its disk cache is deleted.
                 await inst.handle.models.close()
-        if inst.pinger is not None:
-            await inst.pinger.close()
-        if inst.process is not None:
-            await self._backend.stop(inst.process, self._settings.stop_grace_s if drain else 0.0)
+        for pinger in (inst.pinger, *inst.sibling_pingers):
+            if pinger is not None:
+                await pinger.close()
+        grace_s = self._settings.stop_grace_s if drain else 0.0
+        processes = [p for p in (inst.process, *inst.siblings) if p is not None]
+        await asyncio.gather(*(self._backend.stop(p, grace_s) for p in processes))
         # The process is gone (or never started): its GPUs are free for the next instance.
         self._gpus.give_back(inst.gpu_ids)
         inst.gpu_ids = ()
@@ -135,40 +158,20 @@ class Supervisor:
         self._events.exited(inst, failure)
 
     async def _bring_up(self, inst: ManagedInstance, plan: InstancePlan) -> None:
+        if plan.containers:
+            await self._bring_up_containers(inst, plan)
+            return
         await self._fetch(plan.launch.model_dir, plan.model_data_url, plan.compression)
         launch = await self._with_requirements(plan.launch)
         inst.gpu_ids = self._gpus.take(launch.gpus)
         inst.process = await self._backend.start(replace(launch, gpu_ids=inst.gpu_ids))
         client = _contract_client(inst.process)
-        exit_wait = asyncio.ensure_future(inst.process.process.wait())
         deadline = self._clock.monotonic() + self._settings.startup_timeout_s
-        pause = 0.02
-        try:
-            while True:
-                if await self._ping(client):
-                    break
-                if self._clock.monotonic() > deadline:
-                    self._backend.kill_now(inst.process)
-                    await client.close()
-                    self._exit(
-                        inst,
-                        f"The instance did not answer /ping as healthy within "
-                        f"{self._settings.startup_timeout_s:g} s. {_tail(inst)}",
-                    )
-                    return
-                # Wake on whichever comes first: the process exiting, or the next probe.
-                done, _ = await asyncio.wait({exit_wait}, timeout=pause)
-                if done:
-                    await client.close()
-                    reason = inst.process.failure_reason() or (
-                        f"The {inst.process.what} exited with code {inst.process.process.returncode} before "
-                        f"it answered /ping as healthy. {_tail(inst)}"
-                    )
-                    self._exit(inst, reason)
-                    return
-                pause = min(pause * 2, 0.5)
-        finally:
-            exit_wait.cancel()
+        failure = await self._await_healthy(inst.process, client, deadline)
+        if failure is not None:
+            await client.close()
+            self._exit(inst, failure)
+            return
         inst.pinger = client
         frame_socket = inst.process.frame_socket_path
         # Frames for our workers; a bring-your-own server gets the contract's POST /invocations. A multi-model
@@ -187,10 +190,82 @@ class Supervisor:
         inst.handle = InstanceHandle(
             inst.id, plan.launch.variant, invoker, plan.log_stream_arn, _stream_client(inst.process), models
         )
+        self._healthy(inst, plan)
+
+    def _healthy(self, inst: ManagedInstance, plan: InstancePlan) -> None:
         inst.phase = Phase.HEALTHY
         inst.ever_healthy = True
         log.info("instance %s of %s/%s is healthy", inst.id, plan.launch.endpoint, plan.launch.variant)
         self._events.healthy(inst)
+
+    async def _await_healthy(
+        self, process: LocalInstance, client: InstanceClient, deadline: float
+    ) -> str | None:
+        """Probe /ping until it answers healthy (None) or the process exits or the deadline passes (why)."""
+        exit_wait = asyncio.ensure_future(process.process.wait())
+        pause = 0.02
+        try:
+            while True:
+                if await self._ping(client):
+                    return None
+                if self._clock.monotonic() > deadline:
+                    self._backend.kill_now(process)
+                    return (
+                        f"The instance did not answer /ping as healthy within "
+                        f"{self._settings.startup_timeout_s:g} s. {_tail(process)}"
+                    )
+                # Wake on whichever comes first: the process exiting, or the next probe.
+                done, _ = await asyncio.wait({exit_wait}, timeout=pause)
+                if done:
+                    return process.failure_reason() or (
+                        f"The {process.what} exited with code {process.process.returncode} before "
+                        f"it answered /ping as healthy. {_tail(process)}"
+                    )
+                pause = min(pause * 2, 0.5)
+        finally:
+            exit_wait.cancel()
+
+    async def _bring_up_containers(self, inst: ManagedInstance, plan: InstancePlan) -> None:
+        """Start every container's process at once, then wait until each answers /ping: the instance is
+        healthy when all are. A serial pipeline's handle chains them; a Direct one picks one by hostname."""
+        for c in plan.containers:
+            await self._fetch(c.launch.model_dir, c.model_data_url, c.compression)
+        launches = [await self._with_requirements(c.launch) for c in plan.containers]
+        inst.gpu_ids = self._gpus.take(plan.launch.gpus)  # the instance's GPUs, shared by its containers
+        processes: list[LocalInstance] = []
+        for launch in launches:
+            process = await self._backend.start(replace(launch, gpu_ids=inst.gpu_ids))
+            processes.append(process)
+            # Recorded at once, so that stop() finds every process started even if a later start fails.
+            if inst.process is None:
+                inst.process = process
+            else:
+                inst.siblings.append(process)
+        clients = [_contract_client(p) for p in processes]
+        deadline = self._clock.monotonic() + self._settings.startup_timeout_s
+        for c, process, client in zip(plan.containers, processes, clients, strict=True):
+            failure = await self._await_healthy(process, client, deadline)
+            if failure is not None:
+                for other in clients:
+                    await other.close()
+                self._exit(inst, f"Container {c.hostname}: {failure}")
+                return
+        inst.pinger, inst.sibling_pingers = clients[0], clients[1:]
+        invokers: dict[str, Invoker] = {}
+        for c, process, client in zip(plan.containers, processes, clients, strict=True):
+            frames = process.frame_socket_path
+            invokers[c.hostname] = (
+                FrameClient(frames, connections=handler_threads(c.launch.vcpus))
+                if frames is not None
+                else HttpInvoker(client)
+            )
+        first = next(iter(invokers.values()))
+        client_invoker: Invoker = SerialInvoker(list(invokers.items())) if plan.mode == "Serial" else first
+        # Streams are not offered on multi-container endpoints (api/response_stream.py refuses the header).
+        inst.handle = InstanceHandle(
+            inst.id, plan.launch.variant, client_invoker, plan.log_stream_arn, containers=invokers
+        )
+        self._healthy(inst, plan)
 
     async def _fetch(self, model_dir: Path, url: str, compression: str | None) -> None:
         """Unpack a variant's artifact once; the instances of that variant share the directory."""
@@ -231,22 +306,30 @@ class Supervisor:
         return resp.status == 200
 
     async def _watch(self, inst: ManagedInstance) -> None:
+        """Until a process exits or the pings fail: a multi-container instance is replaced whole when any
+        of its containers does either."""
         assert inst.process is not None and inst.pinger is not None
-        exit_wait = asyncio.ensure_future(inst.process.process.wait())
+        processes = [inst.process, *inst.siblings]
+        pingers = [inst.pinger, *inst.sibling_pingers]
+        exit_waits = {asyncio.ensure_future(p.process.wait()): p for p in processes}
         failures = 0
         try:
             while True:
-                done, _ = await asyncio.wait({exit_wait}, timeout=self._settings.health_check_interval_s)
+                done, _ = await asyncio.wait(
+                    exit_waits, timeout=self._settings.health_check_interval_s, return_when="FIRST_COMPLETED"
+                )
                 if done:
+                    process = exit_waits[next(iter(done))]
                     log.warning(
-                        "instance %s exited with code %s; replacing it. %s",
+                        "instance %s: %s exited with code %s; replacing it. %s",
                         inst.id,
-                        inst.process.process.returncode,
-                        _tail(inst),
+                        process.spec.instance_id,
+                        process.process.returncode,
+                        _tail(process),
                     )
                     self._exit(inst, None)
                     return
-                if await self._ping(inst.pinger):
+                if all([await self._ping(pinger) for pinger in pingers]):
                     failures = 0
                     continue
                 failures += 1
@@ -256,7 +339,8 @@ class Supervisor:
                     self._events.unhealthy(inst)
                     return
         finally:
-            exit_wait.cancel()
+            for wait in exit_waits:
+                wait.cancel()
 
 
 def _contract_client(process: LocalInstance) -> InstanceClient:
@@ -275,6 +359,6 @@ def _stream_client(process: LocalInstance) -> StreamClient:
     return StreamClient(unix_path=process.socket_path)
 
 
-def _tail(inst: ManagedInstance) -> str:
-    tail = inst.process.log_tail(8) if inst.process else ""
+def _tail(process: LocalInstance | None) -> str:
+    tail = process.log_tail(8) if process else ""
     return f"Last log lines:\n{tail}" if tail else ""

@@ -8,7 +8,7 @@ from typing import Any
 
 from modelhost.controlplane.context import ControlPlaneContext
 from modelhost.controlplane.resources import create_resource, list_resources
-from modelhost.domain.specs import ContainerSpec, ServerProgram, model_spec
+from modelhost.domain.specs import MAX_CONTAINERS, ContainerSpec, ModelSpec, ServerProgram, model_spec
 from modelhost.errors import ArtifactError, ValidationError
 from modelhost.instances.artifacts import ARCHIVE_SUFFIXES
 from modelhost.instances.byo import check_program, resolve_image
@@ -68,6 +68,41 @@ def _check_multi_model(c: ContainerSpec) -> None:
         model_list(c.environment, variable)
 
 
+def check_containers(spec: ModelSpec, has_primary: bool) -> None:
+    """The rules for Containers: at most 15; a Mode that is Serial or Direct; Direct names every container
+    with a ContainerHostname of its own; no multi-model container among several."""
+    mode = spec.execution_mode
+    if mode is not None and mode not in ("Serial", "Direct"):
+        raise ValidationError(f"InferenceExecutionConfig.Mode {mode!r} is not one of Serial, Direct.")
+    if mode is not None and has_primary:
+        raise ValidationError(
+            "InferenceExecutionConfig applies to models with Containers (a serial inference pipeline or a "
+            "multi-container endpoint), not to a PrimaryContainer."
+        )
+    n = len(spec.containers)
+    if n > MAX_CONTAINERS:
+        raise ValidationError(
+            f"Model {spec.name} has {n} containers; a serial inference pipeline or a multi-container "
+            f"endpoint holds at most {MAX_CONTAINERS}."
+        )
+    given = [c.hostname for c in spec.containers if c.hostname]
+    duplicates = sorted({h for h in given if given.count(h) > 1})
+    if duplicates:
+        raise ValidationError(
+            f"ContainerHostname {', '.join(duplicates)} is given to more than one container."
+        )
+    if spec.mode == "Direct" and len(given) < n:
+        raise ValidationError(
+            "InferenceExecutionConfig.Mode is Direct, so every container needs a ContainerHostname: "
+            "InvokeEndpoint names the container to run with TargetContainerHostname."
+        )
+    if spec.multi_container and any(c.multi_model for c in spec.containers):
+        raise ValidationError(
+            "A container of a serial inference pipeline or a multi-container endpoint cannot be MultiModel; "
+            "deploy the multi-model container as a model of its own."
+        )
+
+
 def _artifact_exists(ctx: ControlPlaneContext, url: str, compression: str | None) -> bool:
     try:
         if compression == "None" or not url.endswith((".tar.gz", ".tgz", ".tar")):
@@ -83,11 +118,7 @@ def create_model(ctx: ControlPlaneContext, req: Mapping[str, Any]) -> dict[str, 
     if bool(req.get("PrimaryContainer")) == bool(req.get("Containers")):
         raise ValidationError("Give exactly one of PrimaryContainer and Containers.")
     spec = model_spec(req, partial(resolve_image, commands=ctx.settings.container_commands))
-    if len(spec.containers) > 1:
-        raise ValidationError(
-            "Models with several containers (multi-container endpoints and serial inference pipelines) "
-            "are not supported by modelhost yet; give one PrimaryContainer."
-        )
+    check_containers(spec, has_primary=bool(req.get("PrimaryContainer")))
     for c in spec.containers:
         _check_container(ctx, c)
     return {"ModelArn": create_resource(ctx, tables.models, "model", "model", name, req)}

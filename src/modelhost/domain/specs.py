@@ -64,11 +64,31 @@ class ContainerSpec:
         return self.model_data_url if self.model_data_url.endswith("/") else self.model_data_url + "/"
 
 
+MAX_CONTAINERS = 15  # SageMaker's limit for both serial inference pipelines and multi-container endpoints
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
     containers: tuple[ContainerSpec, ...]
-    execution_mode: str | None = None
+    execution_mode: str | None = None  # InferenceExecutionConfig.Mode as given
+
+    @property
+    def multi_container(self) -> bool:
+        return len(self.containers) > 1
+
+    @property
+    def mode(self) -> str | None:
+        """How several containers run: ``Direct``, or ``Serial`` (SageMaker's default without the config);
+        None for a single container."""
+        if not self.multi_container:
+            return None
+        return self.execution_mode or "Serial"
+
+    @property
+    def hostnames(self) -> tuple[str, ...]:
+        """Each container's name in routing, errors and metrics: its ContainerHostname, else its position."""
+        return tuple(c.hostname or f"container-{i + 1}" for i, c in enumerate(self.containers))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,10 @@ import select
 from typing import cast
 
 from modelhost.frames import FrameError, FrameReader, ReplyFrame, encode_request
+from modelhost.router.deadlines import DeadlineTimer
 from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
 from modelhost.router.invoker import InstanceReply
 
-_CLOCK_SLACK_S = 0.001
 _PEER_GONE_EVENTS = select.POLLIN | getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
 
 
@@ -110,7 +110,6 @@ class FrameClient:
         "_loop",
         "_path",
         "_timer",
-        "_timer_at",
     )
 
     def __init__(self, unix_path: str, connections: int = 1) -> None:
@@ -122,8 +121,7 @@ class FrameClient:
         self._conns: list[_FrameConnection | None] = [None] * connections
         self._connecting: list[asyncio.Future[_FrameConnection] | None] = [None] * connections
         self._ids = itertools.count(1)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._timer = DeadlineTimer(self._sweep)
         self._closed = False
 
     @property
@@ -167,8 +165,7 @@ class FrameClient:
         elif not conn.flush_scheduled:
             conn.flush_scheduled = True
             loop.call_soon(conn.flush)
-        if deadline < self._timer_at:
-            self._arm(loop, deadline)
+        self._timer.cover(loop, deadline)
         try:
             frame = await waiter
         except InstanceTimeout:
@@ -251,17 +248,8 @@ class FrameClient:
                 )
         conn.pending.clear()
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = loop.call_at(when, self._expire, loop)
-        self._timer_at = when
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        self._timer_at = next_at = math.inf
-        # uvloop's clock ticks in milliseconds and may fire a timer up to a tick early.
-        now = loop.time() + _CLOCK_SLACK_S
+    def _sweep(self, now: float) -> float:
+        next_at = math.inf
         for conn in self._conns:
             if conn is None:
                 continue
@@ -271,8 +259,7 @@ class FrameClient:
                         entry.waiter.set_exception(InstanceTimeout())
                 elif entry.deadline < next_at:
                     next_at = entry.deadline
-        if next_at < math.inf:
-            self._arm(loop, next_at)
+        return next_at
 
     async def close(self) -> None:
         """Refuse new invocations; those in flight are answered, then the connection closes."""
@@ -284,5 +271,4 @@ class FrameClient:
             await asyncio.wait(waiters)
         for conn in conns:
             conn.transport.close()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()

@@ -16,10 +16,11 @@ from typing import cast
 
 import httptools
 
+from modelhost.router.deadlines import DeadlineTimer
+
 # Up to this size the body is copied behind the head so that one send carries both. A bigger body is written
 # on its own: one more send costs less than copying it, and writelines would copy it too on stock asyncio.
 _JOIN_BODY_MAX_BYTES = 16 * 1024
-_CLOCK_SLACK_S = 0.001
 
 
 # Readable (an idle connection has nothing to read: data there is an EOF or garbage), hung up, or in error.
@@ -257,7 +258,6 @@ class InstanceClient:
         "_max_idle",
         "_tcp_address",
         "_timer",
-        "_timer_at",
         "_unix_path",
     )
 
@@ -287,8 +287,7 @@ class InstanceClient:
         self._idle: list[_Connection] = []
         self._max_idle = max_idle_connections
         self._busy: set[_Connection] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._timer = DeadlineTimer(self._sweep)
         self._closed = False
 
     @property
@@ -380,8 +379,7 @@ class InstanceClient:
         conn.deadline = deadline
         busy = self._busy
         busy.add(conn)
-        if deadline < self._timer_at:
-            self._arm(loop, deadline)
+        self._timer.cover(loop, deadline)
         try:
             conn.send(waiter, data, tail)
             response = await waiter
@@ -402,24 +400,14 @@ class InstanceClient:
             conn.close()
         return response
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = loop.call_at(when, self._expire, loop)
-        self._timer_at = when
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        self._timer_at = next_at = math.inf
-        # uvloop's clock ticks in milliseconds and may fire a timer up to a tick early.
-        now = loop.time() + _CLOCK_SLACK_S
+    def _sweep(self, now: float) -> float:
+        next_at = math.inf
         for conn in self._busy:
             if conn.deadline <= now:
                 conn.time_out()
             elif conn.deadline < next_at:
                 next_at = conn.deadline
-        if next_at < math.inf:
-            self._arm(loop, next_at)
+        return next_at
 
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, deadline: float, timeout_s: float
@@ -455,9 +443,8 @@ class InstanceClient:
         Requests in flight finish, and their connections are closed instead of pooled.
         """
         self._closed = True
-        if not self._busy and self._timer is not None:
+        if not self._busy:
             self._timer.cancel()
-            self._timer, self._timer_at = None, math.inf
         idle = self._idle
         conns = idle[:]
         idle.clear()

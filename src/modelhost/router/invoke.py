@@ -18,9 +18,10 @@ from modelhost.errors import (
 )
 from modelhost.router.choice import choose_instance, choose_model_instance, choose_variant
 from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
+from modelhost.router.invoker import StepTiming
 from modelhost.router.model_cache import LoadFailed
 from modelhost.router.streaming import STREAM_REQUEST_HEADER, ModelStream
-from modelhost.router.table import EndpointRoute, InstanceHandle, RouteTable, VariantRoute
+from modelhost.router.table import ContainerRoute, EndpointRoute, InstanceHandle, RouteTable, VariantRoute
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class InvokeRequest:
     target_variant: str | None
     inference_id: bytes | None
     target_model: str | None = None  # a multi-model endpoint's model: a key under its ModelDataUrl
+    target_container: str | None = None  # a Direct multi-container endpoint's TargetContainerHostname
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,9 @@ class InvokeResult:
     # As the instance reports them (x-modelhost-* headers; None from instances that do not).
     queue_us: int | None = None
     batch_rows: int | None = None
+    # A multi-container endpoint: the container a Direct request ran on; a serial pipeline's steps.
+    container: str | None = None
+    steps: tuple[StepTiming, ...] = ()
 
 
 class Router:
@@ -79,6 +84,8 @@ class Router:
                 f"key of a model archive under its ModelDataUrl {variant.model_prefix} (for example "
                 "model-a.tar.gz)."
             )
+        if variant.containers is not None or req.target_container is not None:
+            check_target_container(req.endpoint, variant.containers, req.target_container)
         self._rotor += 1
         instances = variant.instances
         if avoid is not None:
@@ -164,6 +171,11 @@ class Router:
 
     async def _open_stream(self, req: InvokeRequest, handle: InstanceHandle, timeout_s: float) -> ModelStream:
         client = handle.stream_client
+        if handle.containers is not None:
+            raise ValidationError(
+                f"Endpoint {req.endpoint} has several containers: modelhost does not stream their answers "
+                "yet; use InvokeEndpoint."
+            )
         if client is None:
             raise InternalFailure(f"Instance {handle.id} was started without a streaming connection.")
         headers = [STREAM_REQUEST_HEADER]
@@ -237,10 +249,13 @@ class Router:
             ) from None
 
     async def _send(self, req: InvokeRequest, handle: InstanceHandle, timeout_s: float) -> InvokeResult:
+        client = handle.client
+        if req.target_container is not None and handle.containers is not None:
+            client = handle.containers[req.target_container]  # checked against the route in _pick
         handle.outstanding += 1
         started = time.perf_counter_ns()
         try:
-            resp = await handle.client.invoke(
+            resp = await client.invoke(
                 req.content_type, req.accept, req.custom_attributes, req.inference_id, req.body, timeout_s
             )
         except InstanceTimeout:
@@ -263,8 +278,10 @@ class Router:
             handle.release()
         latency_us = (time.perf_counter_ns() - started) // 1000
         handle.waiting = resp.waiting or 0
+        container = resp.container or req.target_container
         if resp.status >= 300:
-            raise self._model_error(handle, resp.status, resp.body.decode("utf-8", "replace"))
+            message = resp.body.decode("utf-8", "replace")
+            raise self._model_error(handle, resp.status, message, container, resp.steps)
         return InvokeResult(
             variant=handle.variant,
             body=resp.body,
@@ -273,6 +290,8 @@ class Router:
             model_latency_us=latency_us,
             queue_us=resp.queue_us,
             batch_rows=resp.batch_rows,
+            container=container,
+            steps=resp.steps,
         )
 
     async def _invoke_model(self, req: InvokeRequest, key: str) -> InvokeResult:
@@ -360,10 +379,42 @@ class Router:
             batch_rows=resp.batch_rows,
         )
 
-    def _model_error(self, handle: InstanceHandle, status: int, message: str) -> ModelInvocationError:
+    def _model_error(
+        self,
+        handle: InstanceHandle,
+        status: int,
+        message: str,
+        container: str | None = None,
+        steps: tuple[StepTiming, ...] = (),
+    ) -> ModelInvocationError:
         kind = "client" if 400 <= status < 500 else "server"
+        source = "primary" if container is None else container
+        if steps and handle.containers is not None:
+            source = f"{container} (step {len(steps)} of {len(handle.containers)} of the serial pipeline)"
         text = (
-            f'Received {kind} error ({status}) from primary with message "{message}". '
+            f'Received {kind} error ({status}) from {source} with message "{message}". '
             f"See {handle.log_stream_arn} in account {self._account} for more information."
         )
-        return ModelInvocationError(text, status, message, handle.log_stream_arn, handle.variant)
+        return ModelInvocationError(text, status, message, handle.log_stream_arn, handle.variant, container)
+
+
+def check_target_container(endpoint: str, containers: ContainerRoute | None, target: str | None) -> None:
+    """TargetContainerHostname as SageMaker checks it: required on a Direct multi-container endpoint, one
+    of its hostnames, and refused on every other endpoint."""
+    if target is None:
+        if containers is not None and containers.direct:
+            raise ValidationError(
+                f"Endpoint {endpoint} is a multi-container endpoint with direct invocation: InvokeEndpoint "
+                f"needs TargetContainerHostname, one of {', '.join(containers.hostnames)}."
+            )
+        return
+    if containers is None or not containers.direct:
+        raise ValidationError(
+            f"Endpoint {endpoint} is not a multi-container endpoint with direct invocation, so "
+            "InvokeEndpoint cannot name a TargetContainerHostname; leave it out."
+        )
+    if target not in containers.hostnames:
+        raise ValidationError(
+            f"TargetContainerHostname {target} is not a container of endpoint {endpoint}; its containers "
+            f"are {', '.join(containers.hostnames)}."
+        )

@@ -16,6 +16,15 @@ CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 
 
 @dataclass(frozen=True, slots=True)
+class StepTiming:
+    """One container's part in a serial pipeline's answer."""
+
+    container: str
+    latency_us: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceReply:
     """An instance's answer. The counters are what our workers report; None from servers that do not."""
 
@@ -26,6 +35,10 @@ class InstanceReply:
     queue_us: int | None = None
     batch_rows: int | None = None
     waiting: int | None = None
+    # A multi-container instance: the container that answered (a pipeline's failing step, else None), and a
+    # pipeline's steps as they ran.
+    container: str | None = None
+    steps: tuple[StepTiming, ...] = ()
 
 
 class Invoker(Protocol):

@@ -20,6 +20,7 @@ class InstanceHandle:
     __slots__ = (
         "_idle",
         "client",
+        "containers",
         "draining",
         "id",
         "log_stream_arn",
@@ -38,6 +39,7 @@ class InstanceHandle:
         log_stream_arn: str,
         stream_client: StreamClient | None = None,
         models: InstanceModels | None = None,
+        containers: dict[str, Invoker] | None = None,
     ) -> None:
         self.id = id
         self.variant = variant
@@ -47,6 +49,9 @@ class InstanceHandle:
         self.log_stream_arn = log_stream_arn
         # A multi-model instance's model cache (model_manager.py); None for single-model instances.
         self.models = models
+        # A multi-container instance's containers by hostname, in order (``client`` chains them for a serial
+        # pipeline); None for one container.
+        self.containers = containers
         self.outstanding = 0
         # Requests the instance said were waiting for a handler when it last answered (its own gauge).
         self.waiting = 0
@@ -68,12 +73,22 @@ class InstanceHandle:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerRoute:
+    """A variant whose model has several containers: their hostnames in order, and whether each request
+    runs one of them (Direct, named by TargetContainerHostname) or all in turn (Serial)."""
+
+    hostnames: tuple[str, ...]
+    direct: bool
+
+
+@dataclass(frozen=True, slots=True)
 class VariantRoute:
     name: str
     weight: float
     instances: tuple[InstanceHandle, ...]
     # A multi-model variant: the ModelDataUrl prefix its TargetModel keys live under; None otherwise.
     model_prefix: str | None = None
+    containers: ContainerRoute | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 Run by ``__main__`` on a uvloop event loop; builds the contract app, the handler pool, the dispatcher and
 the HTTP server, and owns every way the process ends (SIGTERM/SIGINT, lifeline EOF, load failure). With
-``--multi-model`` there is no model to load: the model service and its ``/models`` route serve instead.
+``--multi-model`` there is no model to load: the framework is imported instead (``framework.py``), then
+the model service and its ``/models`` route serve.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from modelhost.worker.batcher import BatchingDispatcher
 from modelhost.worker.dispatch import Dispatcher, OneAtATimeDispatcher
 from modelhost.worker.failure import LoadFailure, describe_exception, write_failure_file
 from modelhost.worker.frame_server import FrameService
+from modelhost.worker.framework import import_framework
 from modelhost.worker.health import BusyClock
 from modelhost.worker.lifeline import watch_lifeline
 from modelhost.worker.loading import load_pipeline
@@ -135,7 +137,12 @@ class WorkerProcess:
         )
 
         if models is not None:
-            log.info("serving many models with the %s runtime: ready, no model loaded yet", options.runtime)
+            log.info("importing the %s runtime's framework before serving many models", options.runtime)
+            started = time.perf_counter()
+            importing = executor.submit(import_framework, options)
+            importing.add_done_callback(
+                lambda future: loop.call_soon_threadsafe(self._on_framework_imported, app, future, started)
+            )
         else:
             log.info("loading model from %s with the %s runtime", options.model_dir, options.runtime)
             started = time.perf_counter()
@@ -202,6 +209,28 @@ class WorkerProcess:
         )
         self._fail(failure, exc)
         self._request_stop("load failed")
+
+    def _on_framework_imported(
+        self, app: ContractApp, future: Future[tuple[str, ...]], started: float
+    ) -> None:
+        if self._stop.is_set():
+            return
+        exc = future.exception()
+        if exc is None:
+            app.set_ready()
+            log.info(
+                "imported %s in %d ms; ready, no model loaded yet",
+                ", ".join(future.result()) or "the runtime",
+                round((time.perf_counter() - started) * 1000),
+            )
+            return
+        failure = (
+            exc
+            if isinstance(exc, LoadFailure)
+            else LoadFailure(f"Importing the framework failed unexpectedly: {describe_exception(exc)}")
+        )
+        self._fail(failure, exc)
+        self._request_stop("framework import failed")
 
     def _build_dispatcher(
         self, executor: Executor, busy: BusyClock, loop: asyncio.AbstractEventLoop, pipeline: Pipeline

@@ -5,9 +5,9 @@ What the numbers mean, and where they lie (docs/multi-model-worker.md):
 
 * RSS counts pages resident now, shared ones included: a model whose weights are memory-mapped from a file
   shows only the pages it has touched, and pages it shares with the page cache count in full.
-* The first model to import a framework (torch, sklearn) pays for the framework's code and globals; later
-  models of that framework show only their own weights. Unloading the last of them does not give the
-  framework back: Python never unimports extension modules.
+* The first model to import a module pays for its code and globals; later models show only their own
+  weights. The worker imports its framework before it serves (``framework.py``) so that no model pays for
+  that; what a model imports beyond it stays with the worker: Python never unimports extension modules.
 * Allocators cache: glibc keeps freed small blocks in its arenas until ``malloc_trim`` (called here), and
   other allocators (PyTorch's, jemalloc in some wheels) keep their own pools that this cannot reach.
 * Other threads allocate meanwhile: invocations of other models and a concurrent load both show up in the

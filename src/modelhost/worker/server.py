@@ -53,12 +53,13 @@ class ContractApp:
         models: Handler | None = None,
     ) -> None:
         self._busy = busy
-        # Multi-model mode: the /models routes. No model to wait for: healthy as soon as we listen.
+        # Multi-model mode: the /models routes, once the framework is imported (no model to wait for).
         self._models = models
         self._streams = streams  # streamed answers (docs/streaming.md); None: every answer is whole
         self._hang_after_s = hang_after_s
         self._clock = clock
-        self._phase = Phase.LOADING if models is None else Phase.READY
+        # Multi-model mode too starts LOADING: its framework is imported before /ping answers 200.
+        self._phase = Phase.LOADING
         self._dispatcher: Dispatcher | None = None
         self._reported_hung = False
 
@@ -66,7 +67,8 @@ class ContractApp:
     def phase(self) -> Phase:
         return self._phase
 
-    def set_ready(self, dispatcher: Dispatcher) -> None:
+    def set_ready(self, dispatcher: Dispatcher | None = None) -> None:
+        """Serve: the model's dispatcher, or None in multi-model mode (its framework is imported)."""
         self._dispatcher = dispatcher
         self._phase = Phase.READY
 
@@ -83,6 +85,10 @@ class ContractApp:
         elif INFER_PATH.fullmatch(path):
             self._kserve_infer(request, responder)
         elif self._models is not None and (path == b"/models" or path.startswith(b"/models/")):
+            if self._phase is Phase.LOADING:
+                # A load now would be charged for the framework's import still under way.
+                _respond(responder, 503, b"The worker is still importing its framework: wait for GET /ping")
+                return
             self._models(request, responder)
         else:
             message = f"No route for {path.decode('latin-1')}: try /ping or /invocations"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelhost.http import start_server
+from modelhost.http import Request, Responder, start_server
 from modelhost.runtimes import codecs
 from modelhost.worker.context import HandlerContext
 from modelhost.worker.dispatch import OneAtATimeDispatcher, WorkReply, WorkRequest
@@ -306,3 +306,20 @@ def test_other_routes(
 ) -> None:
     ready(_pipeline())
     assert call(app, loop, method, path)[0] == status
+
+
+def test_models_wait_for_the_framework_import(
+    busy: BusyClock, clock: FakeClock, loop: asyncio.AbstractEventLoop
+) -> None:
+    # Multi-model mode: /ping and /models answer 503 until the framework is imported, then /models routes.
+    def models(request: Request, responder: Responder) -> None:
+        responder.send(200, [(b"content-type", b"text/plain")], b"models route")
+
+    app = ContractApp(busy=busy, hang_after_s=HANG_AFTER_S, clock=clock, models=models)
+    assert call(app, loop, "GET", "/ping")[0] == 503
+    status, _, body = call(app, loop, "GET", "/models")
+    assert status == 503 and b"importing its framework" in body
+    app.set_ready()
+    assert call(app, loop, "GET", "/ping")[0] == 200
+    assert call(app, loop, "GET", "/models/alpha")[:3:2] == (200, b"models route")
+    assert call(app, loop, "POST", "/invocations", b"[1]")[0] == 404
