@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -93,6 +94,10 @@ class ModelService:
         self._table = ModelTable[LoadedModel]()
         self._code = CodeImporter()
         self._stopping = False
+        # Loads and unloads take turns: each measures the RSS it changes, and two at once would each count
+        # the other's memory (the server budgets by these numbers). A load takes milliseconds once the
+        # framework is imported, so the turns cost little.
+        self._measuring = threading.Lock()
         if options.batching is not None:
             log.warning("%s is ignored with many models: each runs one request at a time", MAX_BATCH_SIZE_ENV)
 
@@ -155,6 +160,10 @@ class ModelService:
 
     def _load_blocking(self, name: str, model_dir: Path) -> LoadResult:
         # On a handler thread.
+        with self._measuring:
+            return self._measured_load(name, model_dir)
+
+    def _measured_load(self, name: str, model_dir: Path) -> LoadResult:
         limit = self._options.memory_limit_bytes
         release_free_memory()
         before = rss_bytes()
@@ -205,10 +214,11 @@ class ModelService:
     def _unload_blocking(self, holder: list[LoadedModel | None]) -> int:
         # On a handler thread. ``holder`` carries the last reference in, so that it dies here, before the
         # collection, and not when the caller's frame ends.
-        before = rss_bytes()
-        loaded = holder.pop()
-        if loaded is not None and loaded.code is not None:
-            self._code.forget(loaded.code)
-        del loaded
-        release_free_memory()
-        return max(0, before - rss_bytes())
+        with self._measuring:
+            before = rss_bytes()
+            loaded = holder.pop()
+            if loaded is not None and loaded.code is not None:
+                self._code.forget(loaded.code)
+            del loaded
+            release_free_memory()
+            return max(0, before - rss_bytes())

@@ -10,8 +10,8 @@ What the numbers mean, and where they lie (docs/multi-model-worker.md):
   that; what a model imports beyond it stays with the worker: Python never unimports extension modules.
 * Allocators cache: glibc keeps freed small blocks in its arenas until ``malloc_trim`` (called here), and
   other allocators (PyTorch's, jemalloc in some wheels) keep their own pools that this cannot reach.
-* Other threads allocate meanwhile: invocations of other models and a concurrent load both show up in the
-  difference. Concurrent loads over-count (each sees the other); an unload during a load under-counts it.
+* Other threads allocate meanwhile: invocations of other models show up in the difference. Loads and
+  unloads take turns (``models.py``), so they never count each other.
 """
 
 from __future__ import annotations
