@@ -25,7 +25,11 @@ class Settings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="address to bind; loopback unless told otherwise")
     port: int = Field(default=8080, ge=0, le=65535, description="the one port for every API")
-    data_dir: Path = Field(default=Path("modelhost-data"), description="metadata, objects, logs, instances")
+    data_dir: Path = Field(
+        default=Path("modelhost-data"),
+        validate_default=True,
+        description="metadata, objects, logs, instances",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default is a SQLite file in the data dir"
     )
@@ -119,6 +123,12 @@ class Settings(BaseSettings):
         description="multi-model endpoints: requests in flight on every instance holding a model past which "
         "a less busy instance loads it too",
     )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_absolute(cls, data_dir: Path) -> Path:
+        # Instances run in directories of their own: a relative path would point somewhere else for them.
+        return data_dir.expanduser().absolute()
 
     @field_validator("container_commands")
     @classmethod

@@ -3,6 +3,8 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
+import pytest
+
 from modelhost.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,3 +27,11 @@ def test_environment_overrides(monkeypatch) -> None:  # type: ignore[no-untyped-
     s = Settings()
     assert s.port == 9999
     assert s.instance_types["ml.tiny"].vcpus == 0.5
+
+
+def test_a_relative_data_dir_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers run in their own directories, so every path handed to them must be absolute (make run uses
+    # the relative default).
+    monkeypatch.chdir(tmp_path)
+    assert Settings(data_dir=Path("modelhost-data")).data_dir == tmp_path / "modelhost-data"
+    assert Settings().data_dir == tmp_path / "modelhost-data"
