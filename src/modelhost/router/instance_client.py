@@ -10,13 +10,15 @@ import contextlib
 import math
 import select
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import httptools
 
 from modelhost.router.deadlines import DeadlineTimer
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 # Up to this size the body is copied behind the head so that one send carries both. A bigger body is written
 # on its own: one more send costs less than copying it, and writelines would copy it too on stock asyncio.
@@ -235,6 +237,56 @@ class _UnsolicitedResponse(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class ContractAddress:
+    """Where an instance's HTTP contract listens: a unix socket, or a host and port."""
+
+    name: str  # for messages: ``unix:/path`` or ``host:port``
+    host_line: bytes  # the Host header every request carries
+    unix_path: str | None = None
+    tcp: tuple[str, int] | None = None
+
+    @classmethod
+    def of(cls, unix_path: str | None, host: str | None, port: int | None) -> ContractAddress:
+        if unix_path is not None and host is None and port is None:
+            return cls(f"unix:{unix_path}", b"host: localhost\r\n", unix_path=unix_path)
+        if unix_path is None and host is not None and port is not None:
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return cls(authority, f"host: {authority}\r\n".encode("ascii"), tcp=(host, port))
+        raise ValueError("give either unix_path, or host and port")
+
+
+async def connect(
+    loop: asyncio.AbstractEventLoop,
+    address: ContractAddress,
+    factory: Callable[[], _P],
+    deadline: float,
+    timeout_s: float,
+) -> _P:
+    """A new connection to ``address`` by ``deadline``, with ``factory``'s protocol on it.
+
+    Raises InstanceTimeout when the deadline passes, InstanceNotConnected when the instance refuses.
+    """
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            if address.tcp is None:
+                _, protocol = await loop.create_unix_connection(factory, address.unix_path)
+            else:
+                transport, protocol = await loop.create_connection(factory, *address.tcp)
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    # Requests are written whole; Nagle would only hold back the tail of a large one.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:
+        if timeout.expired():
+            raise InstanceTimeout(
+                f"could not connect to the instance at {address.name} in {timeout_s} s"
+            ) from None
+        raise InstanceNotConnected(f"could not connect to the instance at {address.name}: {exc}") from exc
+    return protocol
+
+
 class InstanceClient:
     """One per instance: a bounded pool of keep-alive HTTP/1.1 connections to one address.
 
@@ -256,9 +308,8 @@ class InstanceClient:
         "_idle",
         "_loop",
         "_max_idle",
-        "_tcp_address",
+        "_target",
         "_timer",
-        "_unix_path",
     )
 
     def __init__(
@@ -271,18 +322,9 @@ class InstanceClient:
     ) -> None:
         if max_idle_connections < 0:
             raise ValueError(f"max_idle_connections must be >= 0, not {max_idle_connections}")
-        self._unix_path = unix_path
-        self._tcp_address: tuple[str, int] | None = None
-        if unix_path is not None and host is None and port is None:
-            self._address = f"unix:{unix_path}"
-            self._host_line = b"host: localhost\r\n"
-        elif unix_path is None and host is not None and port is not None:
-            self._tcp_address = (host, port)
-            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            self._address = authority
-            self._host_line = f"host: {authority}\r\n".encode("ascii")
-        else:
-            raise ValueError("give either unix_path, or host and port")
+        self._target = ContractAddress.of(unix_path, host, port)
+        self._address = self._target.name
+        self._host_line = self._target.host_line
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[_Connection] = []
         self._max_idle = max_idle_connections
@@ -413,29 +455,7 @@ class InstanceClient:
         self, loop: asyncio.AbstractEventLoop, deadline: float, timeout_s: float
     ) -> _Connection:
         idle, address = self._idle, self._address
-        timeout = asyncio.timeout_at(deadline)
-        try:
-            async with timeout:
-                if self._tcp_address is None:
-                    _, conn = await loop.create_unix_connection(
-                        lambda: _Connection(idle, address), self._unix_path
-                    )
-                else:
-                    host, port = self._tcp_address
-                    transport, conn = await loop.create_connection(
-                        lambda: _Connection(idle, address), host, port
-                    )
-                    sock = transport.get_extra_info("socket")
-                    if sock is not None:
-                        # Requests are written whole; Nagle would only hold back the tail of a large one.
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            if timeout.expired():
-                raise InstanceTimeout(
-                    f"could not connect to the instance at {address} in {timeout_s} s"
-                ) from None
-            raise InstanceNotConnected(f"could not connect to the instance at {address}: {exc}") from exc
-        return conn
+        return await connect(loop, self._target, lambda: _Connection(idle, address), deadline, timeout_s)
 
     async def close(self) -> None:
         """Close every pooled connection; later requests raise InstanceUnreachable.

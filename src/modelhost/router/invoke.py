@@ -18,7 +18,7 @@ from modelhost.errors import (
 )
 from modelhost.router.choice import choose_instance, choose_model_instance, choose_variant
 from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
-from modelhost.router.invoker import StepTiming
+from modelhost.router.invoker import StepTiming, contract_headers
 from modelhost.router.model_cache import LoadFailed
 from modelhost.router.streaming import STREAM_REQUEST_HEADER, ModelStream
 from modelhost.router.table import ContainerRoute, EndpointRoute, InstanceHandle, RouteTable, VariantRoute
@@ -178,15 +178,9 @@ class Router:
             )
         if client is None:
             raise InternalFailure(f"Instance {handle.id} was started without a streaming connection.")
-        headers = [STREAM_REQUEST_HEADER]
-        if req.content_type is not None:
-            headers.append((b"content-type", req.content_type))
-        if req.accept is not None:
-            headers.append((b"accept", req.accept))
-        if req.custom_attributes is not None:
-            headers.append((b"x-amzn-sagemaker-custom-attributes", req.custom_attributes))
-        if req.inference_id is not None:
-            headers.append((b"x-amzn-sagemaker-inference-id", req.inference_id))
+        headers = contract_headers(
+            req.content_type, req.accept, req.custom_attributes, req.inference_id, STREAM_REQUEST_HEADER
+        )
         handle.outstanding += 1
         started = time.perf_counter_ns()
         try:

@@ -77,19 +77,31 @@ class HttpInvoker:
         body: bytes,
         timeout_s: float,
     ) -> InstanceReply:
-        headers: list[tuple[bytes, bytes]] = []
-        if content_type is not None:
-            headers.append((b"content-type", content_type))
-        if accept is not None:
-            headers.append((b"accept", accept))
-        if custom_attributes is not None:
-            headers.append((b"x-amzn-sagemaker-custom-attributes", custom_attributes))
-        if inference_id is not None:
-            headers.append((b"x-amzn-sagemaker-inference-id", inference_id))
+        headers = contract_headers(content_type, accept, custom_attributes, inference_id)
         return reply_from(await self.client.request("POST", "/invocations", headers, body, timeout_s))
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def contract_headers(
+    content_type: bytes | None,
+    accept: bytes | None,
+    custom_attributes: bytes | None,
+    inference_id: bytes | None,
+    *first: tuple[bytes, bytes],
+) -> list[tuple[bytes, bytes]]:
+    """An invocation's headers as the container contract carries them, after ``first``; absent: omitted."""
+    headers = list(first)
+    if content_type is not None:
+        headers.append((b"content-type", content_type))
+    if accept is not None:
+        headers.append((b"accept", accept))
+    if custom_attributes is not None:
+        headers.append((b"x-amzn-sagemaker-custom-attributes", custom_attributes))
+    if inference_id is not None:
+        headers.append((b"x-amzn-sagemaker-inference-id", inference_id))
+    return headers
 
 
 def reply_from(resp: InstanceResponse) -> InstanceReply:

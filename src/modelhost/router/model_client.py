@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from modelhost.router.instance_client import InstanceClient, InstanceResponse
-from modelhost.router.invoker import InstanceReply, reply_from
+from modelhost.router.invoker import InstanceReply, contract_headers, reply_from
 
 TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
 _JSON = (b"content-type", b"application/json")
@@ -65,15 +65,9 @@ class ModelServerClient:
         body: bytes,
         timeout_s: float,
     ) -> InstanceReply:
-        headers = [(TARGET_MODEL_HEADER, target_model)]
-        if content_type is not None:
-            headers.append((b"content-type", content_type))
-        if accept is not None:
-            headers.append((b"accept", accept))
-        if custom_attributes is not None:
-            headers.append((b"x-amzn-sagemaker-custom-attributes", custom_attributes))
-        if inference_id is not None:
-            headers.append((b"x-amzn-sagemaker-inference-id", inference_id))
+        headers = contract_headers(
+            content_type, accept, custom_attributes, inference_id, (TARGET_MODEL_HEADER, target_model)
+        )
         resp = await self._client.request("POST", f"/models/{name}/invoke", headers, body, timeout_s)
         return reply_from(resp)
 

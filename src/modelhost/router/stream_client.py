@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 from collections.abc import Sequence
 from typing import cast
 
 import httptools
 
-from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
+from modelhost.router.instance_client import (
+    ContractAddress,
+    InstanceNotConnected,
+    InstanceTimeout,
+    InstanceUnreachable,
+    connect,
+)
 
 # Body bytes held for a slow reader before we stop reading the socket, so that the model's server feels
 # the backpressure (its writes block) instead of our memory growing.
@@ -220,18 +225,9 @@ class StreamClient:
     def __init__(
         self, *, unix_path: str | None = None, host: str | None = None, port: int | None = None
     ) -> None:
-        self._unix_path = unix_path
-        self._tcp_address: tuple[str, int] | None = None
-        if unix_path is not None and host is None and port is None:
-            self._address = f"unix:{unix_path}"
-            self._host_line = b"host: localhost\r\n"
-        elif unix_path is None and host is not None and port is not None:
-            self._tcp_address = (host, port)
-            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            self._address = authority
-            self._host_line = f"host: {authority}\r\n".encode("ascii")
-        else:
-            raise ValueError("give either unix_path, or host and port")
+        self._target = ContractAddress.of(unix_path, host, port)
+        self._address = self._target.name
+        self._host_line = self._target.host_line
         self._closed = False
 
     async def open(
@@ -269,28 +265,7 @@ class StreamClient:
         self, loop: asyncio.AbstractEventLoop, deadline: float, timeout_s: float
     ) -> InstanceStream:
         address = self._address
-        timeout = asyncio.timeout_at(deadline)
-        try:
-            async with timeout:
-                if self._tcp_address is None:
-                    _, stream = await loop.create_unix_connection(
-                        lambda: InstanceStream(address, loop), self._unix_path
-                    )
-                else:
-                    host, port = self._tcp_address
-                    transport, stream = await loop.create_connection(
-                        lambda: InstanceStream(address, loop), host, port
-                    )
-                    sock = transport.get_extra_info("socket")
-                    if sock is not None:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            if timeout.expired():
-                raise InstanceTimeout(
-                    f"could not connect to the instance at {address} in {timeout_s} s"
-                ) from None
-            raise InstanceNotConnected(f"could not connect to the instance at {address}: {exc}") from exc
-        return stream
+        return await connect(loop, self._target, lambda: InstanceStream(address, loop), deadline, timeout_s)
 
     async def close(self) -> None:
         """Open no more streams; the ones in flight run to their end."""

@@ -7,7 +7,7 @@ array-like prediction into bytes. Content types may carry parameters (``text/csv
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 import numpy as np
@@ -221,3 +221,19 @@ def encode(value: object, accept: str) -> tuple[bytes, str]:
     """Encode ``value`` for ``accept``: ``(body, content_type)``; ``UnsupportedAccept`` if nothing fits."""
     media = negotiate_accept(accept)
     return _ENCODERS[media](value), media
+
+
+def input_name_problems(given: Iterable[object], declared: Iterable[str]) -> str | None:
+    """What is wrong with the input names a request sent against the names a model declares, or None.
+
+    ``unknown input 'a'; missing input 'b'``: for runtimes that take named inputs (ONNX, TensorFlow).
+    """
+    given, declared = list(given), list(declared)
+    unknown = [name for name in given if name not in declared]
+    missing = [name for name in declared if name not in given]
+    problems = []
+    if unknown:
+        problems.append("unknown input " + ", ".join(repr(name) for name in unknown))
+    if missing:
+        problems.append("missing input " + ", ".join(repr(name) for name in missing))
+    return "; ".join(problems) or None

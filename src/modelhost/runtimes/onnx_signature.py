@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from modelhost.runtimes.codecs import CodecError
+from modelhost.runtimes.codecs import CodecError, input_name_problems
 
 Dim = int | str | None  # a fixed size, a symbolic name ("batch"), or unknown
 
@@ -135,15 +135,9 @@ class Signature:
 
     def _named_feeds(self, data: Mapping[object, object]) -> dict[str, np.ndarray]:
         declared = {spec.name: spec for spec in self.inputs}
-        unknown = [name for name in data if name not in declared]
-        missing = [name for name in declared if name not in data]
-        if unknown or missing:
-            problems = []
-            if unknown:
-                problems.append("unknown input " + ", ".join(repr(name) for name in unknown))
-            if missing:
-                problems.append("missing input " + ", ".join(repr(name) for name in missing))
-            raise CodecError(f"{'; '.join(problems)}: the model's inputs are {self.describe_inputs()}")
+        problems = input_name_problems(data, declared)
+        if problems:
+            raise CodecError(f"{problems}: the model's inputs are {self.describe_inputs()}")
         feeds = {name: conform(data[name], spec) for name, spec in declared.items()}
         _check_shared_dims(feeds, self.inputs)
         return feeds

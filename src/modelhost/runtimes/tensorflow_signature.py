@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelhost.runtimes.codecs import CodecError
+from modelhost.runtimes.codecs import CodecError, input_name_problems
 
 Dim = int | None  # a fixed size, or None: any size
 
@@ -91,15 +91,9 @@ class Signature:
 
     def _named_feeds(self, data: Mapping[object, object]) -> dict[str, np.ndarray]:
         declared = {spec.name: spec for spec in self.inputs}
-        unknown = [name for name in data if name not in declared]
-        missing = [name for name in declared if name not in data]
-        if unknown or missing:
-            problems = []
-            if unknown:
-                problems.append("unknown input " + ", ".join(repr(name) for name in unknown))
-            if missing:
-                problems.append("missing input " + ", ".join(repr(name) for name in missing))
-            raise CodecError(f"{'; '.join(problems)}: the {self.describe()}")
+        problems = input_name_problems(data, declared)
+        if problems:
+            raise CodecError(f"{problems}: the {self.describe()}")
         return {name: conform(data[name], spec) for name, spec in declared.items()}
 
 
