@@ -143,6 +143,7 @@ def sampler(target: Modelhost, budget: int, stop: threading.Event, out: list[dic
                 "t_s": round(time.monotonic() - started, 1),
                 "loaded_models": int(total(samples, "LoadedModelCount")),
                 "model_memory_bytes": int(total(samples, "modelhost_model_cache_memory_bytes")),
+                "unowned_bytes": int(total(samples, "modelhost_model_cache_unowned_bytes")),
                 "budget_bytes": budget,
                 "server_rss_bytes": proc_tree.rss_bytes(target.server.pid),
                 "worker_rss_bytes": sum(proc_tree.rss_bytes(w.pid) for w in workers),
@@ -198,7 +199,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 thread.join()
             stop.set()
             watcher.join()
+            # Once every request is answered and every load and unload is done: memory against the models.
+            time.sleep(3.0)
             metrics = scrape(target.url)
+            quiet = {
+                "loaded_models": int(total(metrics, "LoadedModelCount")),
+                "model_memory_bytes": int(total(metrics, "modelhost_model_cache_memory_bytes")),
+                "unowned_bytes": int(total(metrics, "modelhost_model_cache_unowned_bytes")),
+                "worker_rss_bytes": sum(proc_tree.rss_bytes(w.pid) for w in target.workers()),
+            }
         finally:
             target.stop()
         every = sorted((c for per in calls for c in per), key=lambda c: c.started_s)
@@ -212,6 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "settings": vars(args),
             "model_bytes_measured": model_bytes,
             "memory_budget_bytes": budget,
+            "after_the_run": quiet,
             "build_s": round(build_s, 1),
             "requests": len(every),
             "throughput_rps": round(len(every) / args.duration_s, 1),
@@ -272,13 +282,21 @@ def report(result: dict[str, Any]) -> None:
         f"{result['worker_rss_max_bytes'] / mib:.0f} MiB; server RSS max "
         f"{result['server_rss_max_bytes'] / mib:.0f} MiB; worker replaced: {result['worker_replaced']}"
     )
+    quiet = result["after_the_run"]
+    print(
+        f"after the run: {quiet['loaded_models']} models loaded, {quiet['model_memory_bytes'] / mib:.1f} MiB "
+        f"accounted, {quiet['unowned_bytes'] / mib:.1f} MiB unowned; worker RSS growth "
+        f"{(quiet['worker_rss_bytes'] - result['worker_rss_baseline_bytes']) / mib:.1f} MiB"
+    )
     for message, count in result["error_messages"].items():
         print(f"  {count} x {message}")
-    print("t_s  loaded  model_MiB  worker_RSS_MiB  server_RSS_MiB")
+    print("t_s  loaded  model_MiB  unowned_MiB  worker_RSS_growth_MiB  server_RSS_MiB")
     for sample in result["timeline"][:: max(1, len(result["timeline"]) // 12)]:
+        growth = sample["worker_rss_bytes"] - result["worker_rss_baseline_bytes"]
         print(
             f"{sample['t_s']:>5} {sample['loaded_models']:>6} {sample['model_memory_bytes'] / mib:>10.1f} "
-            f"{sample['worker_rss_bytes'] / mib:>15.0f} {sample['server_rss_bytes'] / mib:>15.0f}"
+            f"{sample['unowned_bytes'] / mib:>12.1f} {growth / mib:>22.1f} "
+            f"{sample['server_rss_bytes'] / mib:>15.0f}"
         )
 
 

@@ -257,9 +257,54 @@ def test_least_recently_used_models_are_unloaded_under_the_memory_budget(
     assert metric(server, "modelhost_model_evictions_total", name, TargetModel="p0.tar.gz") == 0
     assert_answers(server, name, "p1.tar.gz", heavy["p1.tar.gz"])
     assert loaded(server, name) == names("p2.tar.gz", "p1.tar.gz")
-    assert metric(server, "modelhost_model_cache_memory_bytes", name) <= MEMORY_BUDGET
+    # The models and what the instance holds beyond them fit the budget together.
+    unowned = metric(server, "modelhost_model_cache_unowned_bytes", name)
+    assert 0 <= unowned < 8 * 2**20
+    assert metric(server, "modelhost_model_cache_memory_bytes", name) + unowned <= MEMORY_BUDGET
     assert metric(server, "modelhost_model_loads_total", name, TargetModel="p1.tar.gz") == 2
     assert metric(server, "ModelUnloadingTime_count", name) >= 2
+
+
+HELD_CODE = """
+import time
+
+def predict_fn(data, model):
+    time.sleep(3.0)
+    return model.predict(data)
+"""
+
+
+def test_a_model_with_a_request_in_flight_is_never_evicted(server: LiveServer, name: str) -> None:
+    prefix = f"s3://mme/{name}/"
+    held = linear(60, PAD_60MB)
+    put_model(server, prefix, "held.tar.gz", held, code=HELD_CODE)
+    others = {f"q{i}.tar.gz": linear(61 + i, PAD_60MB) for i in range(2)}
+    for key, model in others.items():
+        put_model(server, prefix, key, model)
+    deploy_mme(server, name, prefix)
+    assert_answers(server, name, "held.tar.gz", held)  # loaded, and now the least recently used
+    failures: list[BaseException] = []
+
+    def call_held() -> None:
+        try:
+            assert_answers(server, name, "held.tar.gz", held)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    caller = threading.Thread(target=call_held)
+    caller.start()
+    in_flight = lambda: metric(server, "modelhost_in_flight", name)  # noqa: E731
+    wait_until(lambda: in_flight() == 1, 10, "the held request to be in flight")
+    # Two fit: q1 needs room, and the least recently used model has a request in flight, so q0 goes.
+    assert_answers(server, name, "q0.tar.gz", others["q0.tar.gz"])
+    assert_answers(server, name, "q1.tar.gz", others["q1.tar.gz"])
+    assert in_flight() == 1  # the held request is still running
+    assert loaded(server, name) == names("held.tar.gz", "q1.tar.gz")
+    caller.join(30)
+    assert not failures and not caller.is_alive()
+    assert metric(server, "modelhost_model_evictions_total", name, TargetModel="held.tar.gz") == 0
+    assert metric(server, "modelhost_model_evictions_total", name, TargetModel="q0.tar.gz") == 1
+    assert metric(server, "modelhost_model_loads_total", name, TargetModel="held.tar.gz") == 1
 
 
 def test_preloaded_and_pinned_models(server: LiveServer, name: str) -> None:

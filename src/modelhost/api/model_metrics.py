@@ -185,6 +185,11 @@ class ModelCacheMetrics:
             name: GaugeMetricFamily(f"modelhost_model_cache_{name}", doc, labels=_LABELS)
             for name, doc in (
                 ("memory_bytes", "Memory that loaded models take, over the variant's instances"),
+                (
+                    "unowned_bytes",
+                    "Instance memory beyond its models' (allocator fragments, caches), counted against the "
+                    "memory budget, over the variant's instances",
+                ),
                 ("memory_budget_bytes", "Model memory budget, over the variant's instances"),
                 ("disk_bytes", "Disk that cached models take, over the variant's instances"),
                 ("disk_budget_bytes", "Model disk budget, over the variant's instances"),
@@ -205,6 +210,7 @@ class ModelCacheMetrics:
                     per_model.add_metric([*labels, key], size)
                 sums = {
                     "memory_bytes": sum(c.memory_used_bytes for c in caches),
+                    "unowned_bytes": sum(c.unowned_bytes for c in caches),
                     "memory_budget_bytes": sum(c.plan.memory_budget_bytes for c in caches),
                     "disk_bytes": sum(c.disk_used_bytes for c in caches),
                     "disk_budget_bytes": sum(c.plan.disk_budget_bytes for c in caches),

@@ -24,12 +24,23 @@ _MESSAGE_CHARS = 2000
 class LoadReply:
     """The answer to ``POST /models``: 200 loaded, 409 already loaded, 507 no room, else a load failure.
 
-    ``memory_bytes`` is what the model took once loaded, as the instance measured it; None from servers that
-    do not say (the contract does not require it)."""
+    ``memory_bytes`` is what the model took once loaded, as the instance measured it; ``unowned_bytes`` the
+    instance's memory growth that none of its models accounts for (our worker's, process_memory.py). Either
+    is None from servers that do not say (the contract does not require them)."""
 
     status: int
     memory_bytes: int | None
     message: str
+    unowned_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadReply:
+    """The answer to ``DELETE /models/{name}``: 200 unloaded, 404 it was not loaded."""
+
+    status: int
+    message: str
+    unowned_bytes: int | None = None
 
 
 class ModelServerClient:
@@ -39,20 +50,23 @@ class ModelServerClient:
     async def load(self, name: str, directory: Path, timeout_s: float) -> LoadReply:
         body = orjson.dumps({"model_name": name, "url": str(directory)})
         resp = await self._client.request("POST", "/models", [_JSON], body, timeout_s)
-        return LoadReply(resp.status, _memory_bytes(resp), message_of(resp))
+        doc = _document(resp)
+        return LoadReply(
+            resp.status, _bytes(doc, "memory_bytes"), message_of(resp), _bytes(doc, "unowned_bytes")
+        )
 
     async def memory_bytes(self, name: str, timeout_s: float) -> int | None:
         """What a loaded model takes, when the instance says (``GET /models/{name}``)."""
         resp = await self._client.request("GET", f"/models/{name}", timeout_s=timeout_s)
-        return _memory_bytes(resp) if resp.status == 200 else None
+        return _bytes(_document(resp), "memory_bytes") if resp.status == 200 else None
 
     async def is_loaded(self, name: str, timeout_s: float) -> bool:
         resp = await self._client.request("GET", f"/models/{name}", timeout_s=timeout_s)
         return resp.status == 200
 
-    async def unload(self, name: str, timeout_s: float) -> InstanceResponse:
-        """``DELETE /models/{name}``: 200 unloaded, 404 it was not loaded."""
-        return await self._client.request("DELETE", f"/models/{name}", timeout_s=timeout_s)
+    async def unload(self, name: str, timeout_s: float) -> UnloadReply:
+        resp = await self._client.request("DELETE", f"/models/{name}", timeout_s=timeout_s)
+        return UnloadReply(resp.status, message_of(resp), _bytes(_document(resp), "unowned_bytes"))
 
     async def invoke(
         self,
@@ -75,12 +89,15 @@ class ModelServerClient:
         await self._client.close()
 
 
-def _memory_bytes(resp: InstanceResponse) -> int | None:
+def _document(resp: InstanceResponse) -> object:
     try:
-        doc = orjson.loads(resp.body)
+        return orjson.loads(resp.body)
     except orjson.JSONDecodeError:
         return None
-    value = doc.get("memory_bytes") if isinstance(doc, dict) else None
+
+
+def _bytes(doc: object, field: str) -> int | None:
+    value = doc.get(field) if isinstance(doc, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 

@@ -11,6 +11,7 @@ run in threads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -47,6 +48,9 @@ T = TypeVar("T")
 # A model measured over the whole memory budget this many times is refused without loading it again. Not
 # once: the first load in a process also pays for importing its framework, which a second load does not.
 _OVERSIZE_LOADS = 2
+# The instance's unowned memory counts against the budget as the most of its last few reports: one report
+# can catch an invocation's buffers in flight.
+_UNOWNED_REPORTS = 8
 
 
 @dataclass(eq=False, slots=True)
@@ -87,6 +91,11 @@ class InstanceModels:
         # allocated meanwhile (the first one of a process, its framework's import), never less.
         self._measured: dict[str, int] = {}
         self._oversize: dict[str, int] = {}  # loads per key measured over the whole budget
+        # What the instance said it holds beyond its models (allocator fragments, what first calls cached):
+        # the models' share of the budget is what is left of it.
+        self._unowned: collections.deque[int] = collections.deque(maxlen=_UNOWNED_REPORTS)
+        self._over_budget = False  # models in use kept the last eviction from fitting: trim when they settle
+        self._trimming = False
         self._tick = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: set[asyncio.Future[Any]] = set()
@@ -105,7 +114,16 @@ class InstanceModels:
 
     @property
     def memory_used_bytes(self) -> int:
-        return sum(e.memory_bytes for e in list(self._entries.values()) if e.loaded or e.loading)
+        """What the budget holds: models loaded or loading, less those being unloaded (their bytes are
+        promised to the loads that evicted them, which wait for the unloads to finish)."""
+        return sum(
+            e.memory_bytes for e in list(self._entries.values()) if (e.loaded or e.loading) and not e.evicting
+        )
+
+    @property
+    def unowned_bytes(self) -> int:
+        """The instance's memory beyond its models', as it reported it lately; 0 when it does not say."""
+        return max(self._unowned, default=0)
 
     @property
     def disk_used_bytes(self) -> int:
@@ -216,9 +234,15 @@ class InstanceModels:
             task.exception()  # its waiters had it; retrieved so that asyncio does not log it again
 
     def _settle(self, entry: _Entry) -> None:
-        """After the last request or task on ``entry``: evict it (cache disabled) or forget it (gone)."""
+        """After the last request or task on ``entry``: evict it (cache disabled) or forget it (gone), and
+        trim the cache if models in use kept it over its budget."""
         if self._closed or entry.in_flight or entry.task is not None:
             return
+        if self._over_budget and not self._trimming:
+            self._trimming = True
+            task = asyncio.get_running_loop().create_task(self._trim(), name="model-trim")
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
         pinned = entry.key in self.plan.pinned
         if not self.plan.cache_enabled and not pinned and (entry.loaded or entry.on_disk):
             # SageMaker, with ModelCacheSetting Disabled, unloads the model and deletes it from disk right
@@ -322,6 +346,8 @@ class InstanceModels:
             entry.memory_bytes = 0
         entry.loaded = True
         entry.memory_bytes = measured if measured is not None else estimate
+        if reply.unowned_bytes is not None:
+            self._unowned.append(reply.unowned_bytes)
         if measured is not None:
             self._measured[entry.key] = min(measured, self._measured.get(entry.key, measured))
         self._events.loaded(entry.key, (time.perf_counter_ns() - started) // 1000)
@@ -330,11 +356,11 @@ class InstanceModels:
             await self._unload(entry)
             raise too_large(self.plan, entry.key, entry.memory_bytes, disk=False)
         self._oversize.pop(entry.key, None)
-        await self._evict_for(entry, entry.memory_bytes, disk=False, strict=False)
+        await self._trim()
 
     # -- budgets and eviction -----------------------------------------------------------------------------
 
-    def _residents(self, entry: _Entry, *, disk: bool) -> list[Resident]:
+    def _residents(self, entry: _Entry | None, *, disk: bool) -> list[Resident]:
         """The other models holding the budget, as the pure decisions see them. Models being evicted are
         left out: their bytes are already promised to whoever evicted them."""
         out = []
@@ -372,11 +398,27 @@ class InstanceModels:
     async def _evict_for(self, entry: _Entry, need: int, *, disk: bool, strict: bool) -> None:
         await self._evict_all(self._room(entry, need, disk=disk, strict=strict), from_disk=disk)
 
+    async def _trim(self) -> None:
+        """Unload idle models, least recently used first, until what is loaded and the instance's unowned
+        memory fit the memory budget; when models in use keep it over, try again once they settle."""
+        try:
+            room = make_room(self._residents(None, disk=False), 0, self._models_budget(0))
+            self._over_budget = not room.fits
+            await self._evict_all(room.evict, from_disk=False)
+        finally:
+            self._trimming = False
+
+    def _models_budget(self, need: int) -> int:
+        """The memory budget less the instance's unowned memory; never less than a need within the budget,
+        which then takes every idle model's place."""
+        budget = self.plan.memory_budget_bytes
+        return max(budget - self.unowned_bytes, min(need, budget))
+
     def _room(self, entry: _Entry, need: int, *, disk: bool, strict: bool) -> tuple[str, ...]:
-        budget = self.plan.disk_budget_bytes if disk else self.plan.memory_budget_bytes
-        room = make_room(self._residents(entry, disk=disk), need, budget)
-        if room.refusal is Refusal.TOO_LARGE:
+        if need > (self.plan.disk_budget_bytes if disk else self.plan.memory_budget_bytes):
             raise too_large(self.plan, entry.key, need, disk=disk)
+        budget = self.plan.disk_budget_bytes if disk else self._models_budget(need)
+        room = make_room(self._residents(entry, disk=disk), need, budget)
         if room.refusal is Refusal.BUSY and strict:
             what = "disk" if disk else "memory"
             raise ServiceUnavailable(
@@ -418,9 +460,11 @@ class InstanceModels:
             resp = None  # the instance is gone, and the model with it
         if resp is not None and resp.status not in (200, 404):
             log.warning(
-                "the instance refused to unload model %s (%d): %s", entry.key, resp.status, resp.body[:500]
+                "the instance refused to unload model %s (%d): %s", entry.key, resp.status, resp.message
             )
             return
+        if resp is not None and resp.unowned_bytes is not None:
+            self._unowned.append(resp.unowned_bytes)
         entry.loaded = False
         entry.memory_bytes = 0
         self._events.unloaded(entry.key, (time.perf_counter_ns() - started) // 1000)

@@ -4,7 +4,9 @@ own and not the framework's.
 Called once by the lifecycle at start with ``--multi-model``, on a handler thread, before /ping answers 200.
 Without it the first model a worker loads is charged for its framework's code and globals (about 90 MiB
 for scikit-learn, more for torch), which Python never gives back. The imported objects are then frozen out
-of garbage collection, which keeps the collections that measure each load cheap.
+of garbage collection, which keeps the collections that measure each load cheap. And glibc is told to map
+every large block on its own, so that a model's weights come and go exactly with it
+(``process_memory.map_large_blocks``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 from modelhost.worker.failure import describe_exception
 from modelhost.worker.loading import runtime_for
 from modelhost.worker.options import WorkerOptions
+from modelhost.worker.process_memory import map_large_blocks
 
 log = logging.getLogger("modelhost.worker")
 
@@ -57,6 +60,11 @@ def import_framework(options: WorkerOptions) -> tuple[str, ...]:
     """Build the worker's runtime once (importing its module and framework) and import what its models
     will; returns the modules imported. ``LoadFailure`` when the runtime cannot start, as in single-model
     mode; a framework module that is installed but does not import is only logged."""
+    # Without it, a freed model's weights raise glibc's mmap threshold, later models' weights land in the
+    # heap instead, and loads reuse (and unloads leave) heap fragments: in a run of 1,500 loads beside 40
+    # resident 1 MiB models, the worker's growth beyond its models went from up to 4.6 MiB to up to 1.2 MiB,
+    # and no model measured 0 bytes. The price is a map and unmap for each large block a request allocates.
+    map_large_blocks()
     runtime_for(options)
     imported = []
     for module in FRAMEWORK_MODULES.get(options.runtime, ()):

@@ -27,7 +27,7 @@ from modelhost.worker.model_code import CodeImporter, ModelCode
 from modelhost.worker.model_table import ModelEntry, ModelTable, Page
 from modelhost.worker.options import MAX_BATCH_SIZE_ENV, WorkerOptions
 from modelhost.worker.pipeline import Pipeline
-from modelhost.worker.process_memory import release_free_memory, rss_bytes
+from modelhost.worker.process_memory import MemoryMeter, release_free_memory, rss_bytes
 
 log = logging.getLogger("modelhost.worker")
 
@@ -54,6 +54,13 @@ class LoadResult:
     loaded: LoadedModel
     memory_bytes: int
     load_ms: int
+    unowned_bytes: int  # the worker's growth that no loaded model accounts for, after this load
+
+
+@dataclass(frozen=True)
+class UnloadResult:
+    freed_bytes: int
+    unowned_bytes: int  # as in LoadResult, after this unload
 
 
 ModelRecord = ModelEntry[LoadedModel]
@@ -94,10 +101,12 @@ class ModelService:
         self._table = ModelTable[LoadedModel]()
         self._code = CodeImporter()
         self._stopping = False
+        self.unowned_bytes = 0  # as the last load or unload measured it
         # Loads and unloads take turns: each measures the RSS it changes, and two at once would each count
         # the other's memory (the server budgets by these numbers). A load takes milliseconds once the
         # framework is imported, so the turns cost little.
         self._measuring = threading.Lock()
+        self._meter = MemoryMeter()  # used under ``_measuring`` only
         if options.batching is not None:
             log.warning("%s is ignored with many models: each runs one request at a time", MAX_BATCH_SIZE_ENV)
 
@@ -114,6 +123,9 @@ class ModelService:
             result = await self._loop.run_in_executor(self._executor, self._load_blocking, name, Path(url))
         except BaseException as exc:
             self._table.abandon_load(entry)
+            with self._measuring:
+                # Cancelled after it loaded: the result is dropped here, and its memory with it.
+                self._meter.forget(name)
             if isinstance(exc, ModelhostError):
                 log.warning("model %s did not load: %s", name, exc.message)
             elif isinstance(exc, Exception):
@@ -121,6 +133,7 @@ class ModelService:
             raise
         self._table.finish_load(entry, result.loaded, result.memory_bytes, result.load_ms, self._wall_clock())
         log.info("model %s loaded in %d ms, %s", name, result.load_ms, _mib(result.memory_bytes))
+        self.unowned_bytes = result.unowned_bytes
         return entry
 
     def acquire(self, name: str) -> ModelRecord:
@@ -136,7 +149,7 @@ class ModelService:
     def page(self, after: str | None, size: int) -> Page[LoadedModel]:
         return self._table.page(after, size)
 
-    async def unload(self, name: str) -> int:
+    async def unload(self, name: str) -> UnloadResult:
         """Unload ``name`` once its in-flight invocations are answered; returns the bytes freed."""
         entry = self._table.begin_unload(name)
         if entry.in_flight:
@@ -154,9 +167,10 @@ class ModelService:
                     self._options.timeout_s,
                 )
         holder = [self._table.finish_unload(entry)]
-        freed = await self._loop.run_in_executor(self._executor, self._unload_blocking, holder)
-        log.info("model %s unloaded, %s freed", name, _mib(freed))
-        return freed
+        result = await self._loop.run_in_executor(self._executor, self._unload_blocking, name, holder)
+        log.info("model %s unloaded, %s freed", name, _mib(result.freed_bytes))
+        self.unowned_bytes = result.unowned_bytes
+        return result
 
     def _load_blocking(self, name: str, model_dir: Path) -> LoadResult:
         # On a handler thread.
@@ -167,6 +181,7 @@ class ModelService:
         limit = self._options.memory_limit_bytes
         release_free_memory()
         before = rss_bytes()
+        self._meter.start(before)
         if limit is not None and before >= limit:
             raise OutOfModelMemory(
                 f"The worker already holds {_mib(before)} of its {_mib(limit)} memory limit; unload a model "
@@ -209,9 +224,11 @@ class ModelService:
         dispatcher = OneAtATimeDispatcher(
             pipeline=pipeline, executor=self._executor, busy=self._busy, loop=self._loop
         )
-        return LoadResult(LoadedModel(pipeline, dispatcher, code), max(0, after - before), load_ms)
+        memory = max(0, after - before)
+        unowned = self._meter.loaded(name, memory, after)
+        return LoadResult(LoadedModel(pipeline, dispatcher, code), memory, load_ms, unowned)
 
-    def _unload_blocking(self, holder: list[LoadedModel | None]) -> int:
+    def _unload_blocking(self, name: str, holder: list[LoadedModel | None]) -> UnloadResult:
         # On a handler thread. ``holder`` carries the last reference in, so that it dies here, before the
         # collection, and not when the caller's frame ends.
         with self._measuring:
@@ -221,4 +238,6 @@ class ModelService:
                 self._code.forget(loaded.code)
             del loaded
             release_free_memory()
-            return max(0, before - rss_bytes())
+            after = rss_bytes()
+            self._meter.forget(name)
+            return UnloadResult(max(0, before - after), self._meter.unowned(after))

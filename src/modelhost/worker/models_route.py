@@ -167,16 +167,25 @@ class ModelsRoute:
                 "model_name": entry.name,
                 "memory_bytes": entry.memory_bytes,
                 "load_ms": entry.load_ms,
+                "unowned_bytes": self._service.unowned_bytes,
             },
         )
 
     async def _unload(self, name: str, responder: Responder) -> None:
         try:
-            freed = await self._service.unload(name)
+            result = await self._service.unload(name)
         except Exception as exc:
             _send_error(responder, exc)
             return
-        _send_json(responder, {"status": "unloaded", "model_name": name, "freed_bytes": freed})
+        _send_json(
+            responder,
+            {
+                "status": "unloaded",
+                "model_name": name,
+                "freed_bytes": result.freed_bytes,
+                "unowned_bytes": result.unowned_bytes,
+            },
+        )
 
     def _list(self, request: Request, responder: Responder) -> None:
         query = parse_qs(request.query.decode("latin-1"))

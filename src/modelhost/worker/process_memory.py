@@ -12,6 +12,13 @@ What the numbers mean, and where they lie (docs/multi-model-worker.md):
   other allocators (PyTorch's, jemalloc in some wheels) keep their own pools that this cannot reach.
 * Other threads allocate meanwhile: invocations of other models show up in the difference. Loads and
   unloads take turns (``models.py``), so they never count each other.
+* glibc serves a large block from the heap once a block that size was freed (its mmap threshold rises), so
+  a load may reuse memory an earlier unload freed, and RSS then barely moves; freed heap blocks also leave
+  fragments. ``map_large_blocks`` fixes the threshold, so that large blocks (weights) are always mapped
+  on their own and come and go exactly with their model.
+* The worker keeps memory that no model owns (what first calls import or cache, allocator fragments).
+  ``MemoryMeter`` reports it as the growth since the first load beyond the models' sum, so that the server
+  budgets for it too.
 """
 
 from __future__ import annotations
@@ -57,9 +64,54 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+
+
+def map_large_blocks(threshold_bytes: int = 128 * 1024) -> bool:
+    """Have glibc map every block of ``threshold_bytes`` or more on its own, always (setting the threshold
+    turns its rising off). False where the C library is not glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
+
+
 def release_free_memory() -> None:
     """Collect garbage, then ask glibc to return free heap pages to the OS (ctypes drops the GIL for it)."""
     gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+class MemoryMeter:
+    """The worker's RSS growth against what its models account for. Not thread-safe: its caller serializes
+    loads and unloads (``models.py``)."""
+
+    def __init__(self) -> None:
+        self._baseline: int | None = None  # RSS before the first load: the framework imported, no model
+        self._models: dict[str, int] = {}
+
+    def start(self, rss: int) -> None:
+        if self._baseline is None:
+            self._baseline = rss
+
+    def loaded(self, name: str, memory_bytes: int, rss: int) -> int:
+        """Record ``name``; returns the unowned bytes with it loaded."""
+        self._models[name] = memory_bytes
+        return self.unowned(rss)
+
+    def forget(self, name: str) -> None:
+        self._models.pop(name, None)
+
+    def unowned(self, rss: int) -> int:
+        """The growth since the first load that no loaded model accounts for; 0 before any load."""
+        if self._baseline is None:
+            return 0
+        return max(0, rss - self._baseline - sum(self._models.values()))

@@ -230,6 +230,46 @@ def test_memory_is_measured_and_unload_gives_it_back(start_worker: StartWorker, 
     assert freed >= 0.8 * BALLAST_MIB * MiB
 
 
+def test_models_loaded_where_others_were_freed_measure_their_own_size(
+    start_worker: StartWorker, tmp_path: Path
+) -> None:
+    # Twelve 1 MiB models through four places: each load follows an unload of a model the same size, and
+    # must still measure its own weights, not reuse what the unload left. What no model owns stays small.
+    size_mib = 1
+    directories = [
+        artifact(
+            tmp_path,
+            f"m{i}",
+            f"""
+            import numpy as np
+
+            def model_fn(model_dir):
+                return np.full({size_mib} * 2**20 // 8, {float(i)})
+
+            def predict_fn(data, model):
+                return [float(model[0])]
+            """,
+        )
+        for i in range(12)
+    ]
+    worker = start_multi_model(start_worker)
+    resident: list[str] = []
+    unowned = []
+    for i, directory in enumerate(directories):
+        if len(resident) == 4:
+            gone = worker.request("DELETE", f"/models/{resident.pop(0)}")
+            assert gone.status == 200, gone.body
+            unowned.append(orjson.loads(gone.body)["unowned_bytes"])
+        loaded = load(worker, f"m{i}", directory)
+        assert loaded.status == 200, loaded.body
+        answer = orjson.loads(loaded.body)
+        assert 0.95 * size_mib * MiB <= answer["memory_bytes"] <= 1.5 * size_mib * MiB, answer
+        unowned.append(answer["unowned_bytes"])
+        resident.append(f"m{i}")
+        assert orjson.loads(invoke(worker, f"m{i}", [[0]]).body) == [float(i)]
+    assert all(0 <= u < 4 * MiB for u in unowned), unowned
+
+
 def test_memory_limit_and_memory_error_are_507(start_worker: StartWorker, tmp_path: Path) -> None:
     big_mib = 300
     big = artifact(
