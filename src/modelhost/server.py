@@ -12,6 +12,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 from modelhost.api.app import App
+from modelhost.api.instance_metrics import InstanceMetrics
 from modelhost.api.logs import LogsApi
 from modelhost.api.metrics import InvocationMetrics
 from modelhost.api.model_metrics import ModelCacheMetrics
@@ -68,6 +69,7 @@ async def serve(settings: Settings) -> None:
     metrics = InvocationMetrics(table)
     model_metrics = ModelCacheMetrics(table)
     metrics.registry.register(model_metrics)
+    metrics.registry.register(InstanceMetrics(table, clock))
     fleet = Fleet(
         settings=settings,
         store=store,

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="longest pause between relaunches of a crashing instance"
     )
     max_artifact_bytes: int = Field(default=20 * 1024**3, gt=0, description="largest unpacked model artifact")
+    instance_disk_bytes: int = Field(
+        default=30 * 1024**3,
+        gt=0,
+        description="disk of an instance whose variant sets no VolumeSizeInGB: what DiskUtilization measures "
+        "a single-model instance's unpacked artifact against",
+    )
     reconcile_interval_s: float = Field(default=1.0, gt=0, description="pause between reconciler passes")
 
     multi_model_memory_fraction: float = Field(
@@ -107,6 +113,20 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         description="multi-model endpoints: memory budget per instance in bytes, instead of the fraction",
+    )
+    multi_model_gpu_memory_fraction: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="multi-model endpoints on GPU instances: share of the memory of the GPUs an instance "
+        "sees that loaded models may take (measured once loaded); least recently used models are unloaded "
+        "past it",
+    )
+    multi_model_gpu_memory_budget_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="multi-model endpoints on GPU instances: GPU memory budget per instance in bytes, "
+        "instead of the fraction",
     )
     multi_model_disk_budget_bytes: int = Field(
         default=30 * 1024**3,

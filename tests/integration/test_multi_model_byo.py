@@ -1,5 +1,6 @@
 """A bring-your-own multi-model server behind a multi-model endpoint: SageMaker's multi-model container
-contract is all it needs to answer, and what it leaves out (``memory_bytes``) modelhost does without.
+contract is all it needs to answer, and what it leaves out (``memory_bytes``) modelhost does without; what
+it says of GPU memory (``gpu_memory_bytes``, ``gpu_total_bytes``) makes the GPU budget.
 
 The program is a linear-model server with the standard library only; models are ``weights.json`` files.
 """
@@ -14,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from modelhost.router.model_cache import model_name
 from tests.fixtures.live_server import ROLE, LiveServer, wait_until
 from tests.fixtures.models import write_artifact
 
 SERVER = '''#!{python}
-"""A multi-model server: `mme-server serve`. Loads each model's weights.json; says nothing of memory."""
+"""A multi-model server: `mme-server serve`. Loads each model's weights.json; says nothing of host memory,
+and reports GPU memory only for models whose weights.json has a gpu_bytes."""
 import json, os, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -58,7 +61,11 @@ class Handler(BaseHTTPRequestHandler):
                 with open(os.path.join(request["url"], "weights.json")) as f:
                     weights = json.load(f)
                 MODELS[request["model_name"]] = {{"url": request["url"], "weights": weights}}
-            return self.reply(200, b'{{"status": "loaded"}}')
+            answer = {{"status": "loaded"}}
+            if "gpu_bytes" in weights:  # a server on a GPU may say what each model takes there
+                answer["gpu_memory_bytes"] = weights["gpu_bytes"]
+                answer["gpu_total_bytes"] = int(os.environ["GPU_TOTAL_BYTES"])
+            return self.reply(200, json.dumps(answer).encode())
         name = self.path[len("/models/"):-len("/invoke")]
         model = MODELS.get(name)
         if model is None:
@@ -195,3 +202,81 @@ def test_a_bring_your_own_multi_model_server_serves_each_model(
         )
 
     assert wait_until(lambda: loads_of_a() == 2, 5, "two loads of a.tar.gz")
+
+
+GIB = 2**30
+
+
+def deploy(
+    server: LiveServer, program: Path, name: str, prefix: str, env: dict[str, str] | None = None
+) -> None:
+    container: dict[str, Any] = {"Image": str(program), "Mode": "MultiModel", "ModelDataUrl": prefix}
+    if env:
+        container["Environment"] = env
+    server.sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer=container)
+    server.sm.create_endpoint_config(
+        EndpointConfigName=name,
+        ProductionVariants=[
+            {"VariantName": "v", "ModelName": name, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
+        ],
+    )
+    server.sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    server.wait_in_service(name)
+
+
+def gauge(server: LiveServer, metric: str, name: str) -> float:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(metric + "{") and f'EndpointName="{name}"' in line
+    )
+
+
+def test_gpu_memory_the_server_reports_is_budgeted(server: LiveServer, program: Path, name: str) -> None:
+    # A 10 GiB GPU: 0.9 of it (MODELHOST_MULTI_MODEL_GPU_MEMORY_FRACTION) holds two 4 GiB models, not 3.
+    prefix = f"s3://byo/{name}/"
+    models = {
+        f"g{i}.tar.gz": {"weights": [float(i), 0.0, 0.0], "bias": 0.0, "gpu_bytes": 4 * GIB} for i in range(3)
+    }
+    models["huge.tar.gz"] = {"weights": [1.0, 1.0, 1.0], "bias": 0.0, "gpu_bytes": 12 * GIB}
+    for key, weights in models.items():
+        write_artifact(server.bucket_path(prefix + key), extra={"weights.json": json.dumps(weights).encode()})
+    deploy(server, program, name, prefix, {"GPU_TOTAL_BYTES": str(10 * GIB)})
+    for key in ("g0.tar.gz", "g1.tar.gz", "g0.tar.gz", "g2.tar.gz"):
+        assert invoke(server, name, key)["predictions"] == expected(models[key])
+    # g1 was the least recently used: it went for g2, though host memory had room for all three.
+    assert gauge(server, "modelhost_model_cache_gpu_memory_budget_bytes", name) == int(10 * GIB * 0.9)
+    assert gauge(server, "modelhost_model_cache_gpu_memory_bytes", name) == 8 * GIB
+    assert gauge(server, "LoadedModelCount", name) == 2
+    evicted = [key for key in ("g0.tar.gz", "g1.tar.gz", "g2.tar.gz") if _evictions(server, name, key)]
+    assert evicted == ["g1.tar.gz"]
+    # Larger than the whole GPU budget: refused, naming GPU memory, and loaded twice at most (no thrashing).
+    for _ in range(3):
+        with pytest.raises(ClientError) as info:
+            invoke(server, name, "huge.tar.gz")
+        error = info.value.response["Error"]
+        assert "GPU memory" in error["Message"] and "'huge.tar.gz'" in error["Message"]
+    assert _loads(server, name, "huge.tar.gz") == 2
+    assert invoke(server, name, "g2.tar.gz")["predictions"] == expected(models["g2.tar.gz"])
+
+
+def _per_model(server: LiveServer, metric: str, name: str, key: str) -> float:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(metric + "{")
+        and f'EndpointName="{name}"' in line
+        and f'TargetModel="{key}"' in line
+    )
+
+
+def _evictions(server: LiveServer, name: str, key: str) -> float:
+    return _per_model(server, "modelhost_model_evictions_total", name, key)
+
+
+def _loads(server: LiveServer, name: str, key: str) -> float:
+    return _per_model(server, "modelhost_model_loads_total", name, key)

@@ -191,6 +191,11 @@ class ModelCacheMetrics:
                     "memory budget, over the variant's instances",
                 ),
                 ("memory_budget_bytes", "Model memory budget, over the variant's instances"),
+                ("gpu_memory_bytes", "GPU memory that loaded models take, over the variant's instances"),
+                (
+                    "gpu_memory_budget_bytes",
+                    "Model GPU memory budget, over the variant's instances that have one (GPU instances)",
+                ),
                 ("disk_bytes", "Disk that cached models take, over the variant's instances"),
                 ("disk_budget_bytes", "Model disk budget, over the variant's instances"),
             )
@@ -212,6 +217,8 @@ class ModelCacheMetrics:
                     "memory_bytes": sum(c.memory_used_bytes for c in caches),
                     "unowned_bytes": sum(c.unowned_bytes for c in caches),
                     "memory_budget_bytes": sum(c.plan.memory_budget_bytes for c in caches),
+                    "gpu_memory_bytes": sum(c.gpu_memory_used_bytes for c in caches),
+                    "gpu_memory_budget_bytes": sum(c.gpu_memory_budget_bytes or 0 for c in caches),
                     "disk_bytes": sum(c.disk_used_bytes for c in caches),
                     "disk_budget_bytes": sum(c.plan.disk_budget_bytes for c in caches),
                 }

@@ -355,14 +355,21 @@ class Fleet:
         stream = log_stream_arn(
             self._settings.region, self._settings.account_id, row.name, f"{variant.name}/{inst.id}"
         )
+        memory = resources.memory_bytes
         if multi_model:
             cache = self._model_cache_plan(variant, container, model_dir, resources.memory_bytes)
-            return InstancePlan(launch, "", None, stream, cache)
+            disk = cache.disk_budget_bytes
+            return InstancePlan(launch, "", None, stream, cache, memory_bytes=memory, disk_bytes=disk)
+        volume = variant.volume_size_gb
+        disk = volume * GIB if volume else self._settings.instance_disk_bytes
         if variant.model.multi_container:
-            return self._containers_plan(launch, variant, model_dir.parent)
-        return InstancePlan(launch, container.model_data_url or "", container.compression, stream)
+            return self._containers_plan(launch, variant, model_dir.parent, memory, disk)
+        url = container.model_data_url or ""
+        return InstancePlan(launch, url, container.compression, stream, memory_bytes=memory, disk_bytes=disk)
 
-    def _containers_plan(self, first: LaunchSpec, variant: VariantSpec, variant_dir: Path) -> InstancePlan:
+    def _containers_plan(
+        self, first: LaunchSpec, variant: VariantSpec, variant_dir: Path, memory_bytes: int, disk_bytes: int
+    ) -> InstancePlan:
         """A serial pipeline or multi-container instance: one process per container, each with its own
         artifact directory, runtime, Environment and log stream."""
         model = variant.model
@@ -397,6 +404,8 @@ class Fleet:
             None,
             tuple(plans),
             model.mode,
+            memory_bytes=memory_bytes,
+            disk_bytes=disk_bytes,
         )
 
     def _model_cache_plan(
@@ -419,6 +428,8 @@ class Fleet:
             cache_enabled=container.model_cache_enabled,
             load_timeout_s=settings.multi_model_load_timeout_s,
             max_artifact_bytes=settings.max_artifact_bytes,
+            gpu_memory_budget_bytes=settings.multi_model_gpu_memory_budget_bytes,
+            gpu_memory_fraction=settings.multi_model_gpu_memory_fraction,
             preload=model_list(container.environment, PRELOAD_ENV),
             pinned=frozenset(model_list(container.environment, PINNED_ENV)),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from modelhost.clock import Clock
 from modelhost.controller.reconcile import Phase, TargetKey
 from modelhost.domain.specs import ServerProgram
 from modelhost.errors import ModelhostError
-from modelhost.instances.artifacts import fetch_model_data
+from modelhost.instances.artifacts import fetch_model_data, unpacked_bytes
 from modelhost.instances.catalog import handler_threads
 from modelhost.instances.gpus import GpuPool
 from modelhost.instances.local import LaunchSpec, LocalBackend, LocalInstance
@@ -30,7 +30,7 @@ from modelhost.router.model_client import ModelServerClient
 from modelhost.router.model_manager import InstanceModels
 from modelhost.router.serial import SerialInvoker
 from modelhost.router.stream_client import StreamClient
-from modelhost.router.table import InstanceHandle
+from modelhost.router.table import InstanceFootprint, InstanceHandle
 from modelhost.settings import Settings
 from modelhost.store.objects import ObjectStore
 
@@ -79,6 +79,10 @@ class InstancePlan:
     # first one's), and InferenceExecutionConfig.Mode (Serial or Direct).
     containers: tuple[ContainerPlan, ...] = ()
     mode: str | None = None
+    # The instance type's memory, and the disk its files are measured against (VolumeSizeInGB, or the
+    # default; a multi-model instance's disk budget): what its instance metrics are percentages of.
+    memory_bytes: int = field(kw_only=True)
+    disk_bytes: int = field(kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +166,13 @@ class Supervisor:
             await self._bring_up_containers(inst, plan)
             return
         await self._fetch(plan.launch.model_dir, plan.model_data_url, plan.compression)
+        # A multi-model instance starts with no model: its disk is its cache's, read when metrics are.
+        artifact_bytes = (
+            0 if plan.models is not None else await asyncio.to_thread(unpacked_bytes, plan.launch.model_dir)
+        )
         launch = await self._with_requirements(plan.launch)
         inst.gpu_ids = self._gpus.take(launch.gpus)
+        started_at_s = self._clock.monotonic()
         inst.process = await self._backend.start(replace(launch, gpu_ids=inst.gpu_ids))
         client = _contract_client(inst.process)
         deadline = self._clock.monotonic() + self._settings.startup_timeout_s
@@ -187,8 +196,15 @@ class Supervisor:
             model_server = ModelServerClient(_contract_client(inst.process))
             models = InstanceModels(plan.models, model_server, self._objects, events)
             models.start_preload()
+        footprint = _footprint(plan, (inst.process,), started_at_s, artifact_bytes)
         inst.handle = InstanceHandle(
-            inst.id, plan.launch.variant, invoker, plan.log_stream_arn, _stream_client(inst.process), models
+            inst.id,
+            plan.launch.variant,
+            invoker,
+            plan.log_stream_arn,
+            _stream_client(inst.process),
+            models,
+            footprint=footprint,
         )
         self._healthy(inst, plan)
 
@@ -230,8 +246,12 @@ class Supervisor:
         healthy when all are. A serial pipeline's handle chains them; a Direct one picks one by hostname."""
         for c in plan.containers:
             await self._fetch(c.launch.model_dir, c.model_data_url, c.compression)
+        artifact_bytes = sum(
+            [await asyncio.to_thread(unpacked_bytes, c.launch.model_dir) for c in plan.containers]
+        )
         launches = [await self._with_requirements(c.launch) for c in plan.containers]
         inst.gpu_ids = self._gpus.take(plan.launch.gpus)  # the instance's GPUs, shared by its containers
+        started_at_s = self._clock.monotonic()
         processes: list[LocalInstance] = []
         for launch in launches:
             process = await self._backend.start(replace(launch, gpu_ids=inst.gpu_ids))
@@ -263,7 +283,12 @@ class Supervisor:
         client_invoker: Invoker = SerialInvoker(list(invokers.items())) if plan.mode == "Serial" else first
         # Streams are not offered on multi-container endpoints (api/response_stream.py refuses the header).
         inst.handle = InstanceHandle(
-            inst.id, plan.launch.variant, client_invoker, plan.log_stream_arn, containers=invokers
+            inst.id,
+            plan.launch.variant,
+            client_invoker,
+            plan.log_stream_arn,
+            containers=invokers,
+            footprint=_footprint(plan, processes, started_at_s, artifact_bytes),
         )
         self._healthy(inst, plan)
 
@@ -341,6 +366,20 @@ class Supervisor:
         finally:
             for wait in exit_waits:
                 wait.cancel()
+
+
+def _footprint(
+    plan: InstancePlan, processes: Sequence[LocalInstance], started_at_s: float, artifact_bytes: int
+) -> InstanceFootprint:
+    return InstanceFootprint(
+        # start_new_session: each process leads a group of its own, whose id is its pid.
+        process_groups=tuple(p.process.pid for p in processes),
+        started_at_s=started_at_s,
+        vcpus=plan.launch.vcpus,
+        memory_bytes=plan.memory_bytes,
+        artifact_bytes=artifact_bytes,
+        disk_bytes=plan.disk_bytes,
+    )
 
 
 def _contract_client(process: LocalInstance) -> InstanceClient:

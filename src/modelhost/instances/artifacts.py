@@ -271,3 +271,14 @@ def _copy_prefix(
         # The objects may have grown since they were listed.
         if written > max_bytes:
             raise ArtifactError(f"Model data under {prefix} is more than the {max_bytes}-byte limit.")
+
+
+def unpacked_bytes(model_dir: Path) -> int:
+    """The bytes of every file under an unpacked artifact (their sizes, as the disk budgets count them); 0
+    when the directory is gone."""
+    total = 0
+    for dirpath, _, filenames in os.walk(model_dir):
+        for name in filenames:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total

@@ -39,4 +39,10 @@ def visible_devices(ids: tuple[int, ...]) -> dict[str, str]:
     """The variables that show a process exactly these GPUs (none at all for a CPU instance), renumbered
     from 0 inside it, as a container on a SageMaker GPU instance sees its own GPUs."""
     value = ",".join(map(str, ids))
-    return {"CUDA_VISIBLE_DEVICES": value, "NVIDIA_VISIBLE_DEVICES": value or "void"}
+    # The indexes are the host's, in nvidia-smi's (PCI bus) order; CUDA numbers devices fastest first
+    # unless told otherwise, which on a host of mixed GPUs would show the instance another device.
+    return {
+        "CUDA_VISIBLE_DEVICES": value,
+        "NVIDIA_VISIBLE_DEVICES": value or "void",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }

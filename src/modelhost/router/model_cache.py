@@ -38,6 +38,10 @@ class ModelCachePlan:
     cache_enabled: bool = True  # ModelCacheSetting Disabled: unload and delete each model after its call
     load_timeout_s: float = 600.0
     max_artifact_bytes: int = 20 * 1024**3
+    # On a GPU instance: the GPU memory its models may take. None: the fraction of what the instance's
+    # worker says its GPUs hold, once it says (our worker does when it sees GPUs); no GPU budget until then.
+    gpu_memory_budget_bytes: int | None = None
+    gpu_memory_fraction: float = 0.9
     preload: tuple[str, ...] = ()  # loaded at start, then cached like any other
     pinned: frozenset[str] = frozenset()  # loaded at start (after ``preload``) and never evicted
 
@@ -194,4 +198,13 @@ def too_large(plan: ModelCachePlan, key: str, size: int, *, disk: bool) -> Resou
         f"Model {key!r} takes {size} bytes of memory once loaded, more than the "
         f"{plan.memory_budget_bytes}-byte model memory budget of an {plan.instance_type} instance. Use an "
         "instance type with more memory, or make the model smaller."
+    )
+
+
+def too_large_for_gpu(plan: ModelCachePlan, key: str, size: int, budget: int) -> ResourceLimitExceeded:
+    return ResourceLimitExceeded(
+        f"Model {key!r} takes {size} bytes of GPU memory once loaded, more than the {budget}-byte GPU "
+        f"memory budget of an {plan.instance_type} instance (MODELHOST_MULTI_MODEL_GPU_MEMORY_FRACTION of "
+        "its GPUs' memory, or MODELHOST_MULTI_MODEL_GPU_MEMORY_BUDGET_BYTES). Use an instance type with "
+        "more GPU memory, or make the model smaller."
     )

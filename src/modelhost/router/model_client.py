@@ -32,6 +32,8 @@ class LoadReply:
     memory_bytes: int | None
     message: str
     unowned_bytes: int | None = None
+    gpu_memory_bytes: int | None = None  # on the instance's GPUs, when it measures them
+    gpu_total_bytes: int | None = None  # the memory of the GPUs the instance sees, likewise
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,12 @@ class ModelServerClient:
         resp = await self._client.request("POST", "/models", [_JSON], body, timeout_s)
         doc = _document(resp)
         return LoadReply(
-            resp.status, _bytes(doc, "memory_bytes"), message_of(resp), _bytes(doc, "unowned_bytes")
+            resp.status,
+            _bytes(doc, "memory_bytes"),
+            message_of(resp),
+            _bytes(doc, "unowned_bytes"),
+            _bytes(doc, "gpu_memory_bytes"),
+            _bytes(doc, "gpu_total_bytes"),
         )
 
     async def memory_bytes(self, name: str, timeout_s: float) -> int | None:

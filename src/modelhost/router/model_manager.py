@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Coroutine
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from modelhost.errors import ArtifactError, ModelhostError, ServiceUnavailable, ValidationError
-from modelhost.instances.artifacts import fetch_model_data
+from modelhost.instances.artifacts import fetch_model_data, unpacked_bytes
 from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
 from modelhost.router.model_cache import (
     LoadFailed,
@@ -39,6 +37,7 @@ from modelhost.router.model_cache import (
     model_name,
     not_found,
     too_large,
+    too_large_for_gpu,
 )
 from modelhost.router.model_client import ModelServerClient
 from modelhost.store.objects import ObjectStore
@@ -66,6 +65,7 @@ class _Entry:
     loading: bool = False
     loaded: bool = False
     memory_bytes: int = 0  # as the instance measured it; the estimate while it loads
+    gpu_bytes: int = 0  # likewise, on the instance's GPUs
     evicting: bool = False
     task: asyncio.Task[None] | None = None  # the download and load, or the eviction, under way
 
@@ -90,7 +90,9 @@ class InstanceModels:
         # Memory per key, the least any load measured: a load also counts whatever else the instance
         # allocated meanwhile (the first one of a process, its framework's import), never less.
         self._measured: dict[str, int] = {}
+        self._measured_gpu: dict[str, int] = {}  # likewise, on the instance's GPUs
         self._oversize: dict[str, int] = {}  # loads per key measured over the whole budget
+        self._gpu_budget = plan.gpu_memory_budget_bytes  # or learned from the instance's first load
         # What the instance said it holds beyond its models (allocator fragments, what first calls cached):
         # the models' share of the budget is what is left of it.
         self._unowned: collections.deque[int] = collections.deque(maxlen=_UNOWNED_REPORTS)
@@ -119,6 +121,17 @@ class InstanceModels:
         return sum(
             e.memory_bytes for e in list(self._entries.values()) if (e.loaded or e.loading) and not e.evicting
         )
+
+    @property
+    def gpu_memory_used_bytes(self) -> int:
+        return sum(
+            e.gpu_bytes for e in list(self._entries.values()) if (e.loaded or e.loading) and not e.evicting
+        )
+
+    @property
+    def gpu_memory_budget_bytes(self) -> int | None:
+        """None on an instance without GPUs (or whose server does not measure them)."""
+        return self._gpu_budget
 
     @property
     def unowned_bytes(self) -> int:
@@ -158,7 +171,7 @@ class InstanceModels:
             if reply.status == 404 and not await self._still_loaded(entry):
                 # The instance dropped it (a bring-your-own server may unload on its own): load it again once.
                 entry.loaded = False
-                entry.memory_bytes = 0
+                entry.memory_bytes = entry.gpu_bytes = 0
                 await self._ready(entry)
                 reply = await self._client.invoke(entry.name, target, *args)
             waited_us = (sent - started) // 1000
@@ -296,18 +309,22 @@ class InstanceModels:
         except BaseException:
             shutil.rmtree(directory.parent, ignore_errors=True)
             raise
-        return _tree_bytes(directory)
+        return unpacked_bytes(directory)
 
     async def _load(self, entry: _Entry) -> None:
-        budget = self.plan.memory_budget_bytes
-        known = self._measured.get(entry.key)
-        if known is not None and known > budget and self._oversize.get(entry.key, 0) >= _OVERSIZE_LOADS:
+        budget, gpu_budget = self.plan.memory_budget_bytes, self._gpu_budget
+        known, known_gpu = self._measured.get(entry.key), self._measured_gpu.get(entry.key, 0)
+        if self._oversize.get(entry.key, 0) >= _OVERSIZE_LOADS:
             # Refused without loading it again: loading and unloading it for every request is thrashing.
-            raise too_large(self.plan, entry.key, known, disk=False)
+            if known is not None and known > budget:
+                raise too_large(self.plan, entry.key, known, disk=False)
+            if gpu_budget is not None and known_gpu > gpu_budget:
+                raise too_large_for_gpu(self.plan, entry.key, known_gpu, gpu_budget)
         # Before its first load a model's memory is unknown: its unpacked size is the guess to make room by,
-        # and only that: what it measures once loaded decides whether it fits.
+        # and only that: what it measures once loaded decides whether it fits. Its GPU memory is not guessed.
         estimate = known if known is not None and known <= budget else min(entry.disk_bytes, budget)
-        await self._reserve(entry, estimate, disk=False)
+        gpu_estimate = known_gpu if gpu_budget is None or known_gpu <= gpu_budget else 0
+        await self._reserve(entry, estimate, disk=False, gpu_need=gpu_estimate)
         started = time.perf_counter_ns()
         timeout_s = self.plan.load_timeout_s
         measured: int | None = None
@@ -343,45 +360,57 @@ class InstanceModels:
             raise LoadFailed(0, f"The instance failed while loading model {entry.key!r}: {exc}") from None
         finally:
             entry.loading = False
-            entry.memory_bytes = 0
+            entry.memory_bytes = entry.gpu_bytes = 0
         entry.loaded = True
         entry.memory_bytes = measured if measured is not None else estimate
+        entry.gpu_bytes = reply.gpu_memory_bytes if reply.gpu_memory_bytes is not None else gpu_estimate
         if reply.unowned_bytes is not None:
             self._unowned.append(reply.unowned_bytes)
+        if reply.gpu_total_bytes and self.plan.gpu_memory_budget_bytes is None:
+            self._gpu_budget = gpu_budget = int(reply.gpu_total_bytes * self.plan.gpu_memory_fraction)
         if measured is not None:
             self._measured[entry.key] = min(measured, self._measured.get(entry.key, measured))
+        if reply.gpu_memory_bytes is not None:
+            gpu = reply.gpu_memory_bytes
+            self._measured_gpu[entry.key] = min(gpu, self._measured_gpu.get(entry.key, gpu))
         self._events.loaded(entry.key, (time.perf_counter_ns() - started) // 1000)
-        if entry.memory_bytes > budget:
+        over_gpu = gpu_budget is not None and entry.gpu_bytes > gpu_budget
+        if entry.memory_bytes > budget or over_gpu:
             self._oversize[entry.key] = self._oversize.get(entry.key, 0) + 1
             await self._unload(entry)
+            if over_gpu:
+                assert gpu_budget is not None
+                raise too_large_for_gpu(self.plan, entry.key, entry.gpu_bytes, gpu_budget)
             raise too_large(self.plan, entry.key, entry.memory_bytes, disk=False)
         self._oversize.pop(entry.key, None)
         await self._trim()
 
     # -- budgets and eviction -----------------------------------------------------------------------------
 
-    def _residents(self, entry: _Entry | None, *, disk: bool) -> list[Resident]:
-        """The other models holding the budget, as the pure decisions see them. Models being evicted are
-        left out: their bytes are already promised to whoever evicted them."""
+    def _residents(self, entry: _Entry | None, *, disk: bool, gpu: bool = False) -> list[Resident]:
+        """The other models holding the budget (disk, memory, or GPU memory), as the pure decisions see
+        them. Models being evicted are left out: their bytes are already promised to whoever evicted them."""
         out = []
         for e in list(self._entries.values()):
             if e is entry or e.evicting:
                 continue
             held = (e.on_disk or e.downloading) if disk else (e.loaded or e.loading)
             if held:
-                size = e.disk_bytes if disk else e.memory_bytes
+                size = e.disk_bytes if disk else e.gpu_bytes if gpu else e.memory_bytes
                 idle = e.in_flight == 0 and e.task is None and e.key not in self.plan.pinned
                 out.append(Resident(e.key, size, e.last_used, idle, loaded=e.loaded))
         return out
 
-    async def _reserve(self, entry: _Entry, need: int, *, disk: bool) -> None:
-        """Make room for ``need`` bytes and hold them for ``entry`` at once, before any await, so that
-        loads running side by side never count the same free bytes twice."""
+    async def _reserve(self, entry: _Entry, need: int, *, disk: bool, gpu_need: int = 0) -> None:
+        """Make room for ``need`` bytes (and ``gpu_need`` of GPU memory for a load) and hold them for
+        ``entry`` at once, before any await, so that loads running side by side never count the same free
+        bytes twice."""
         victims = self._room(entry, need, disk=disk, strict=True)
         if disk:
             entry.downloading, entry.disk_bytes = True, need
         else:
-            entry.loading, entry.memory_bytes = True, need
+            victims = _union(victims, self._gpu_room(entry, gpu_need, strict=True))
+            entry.loading, entry.memory_bytes, entry.gpu_bytes = True, need, gpu_need
         try:
             await self._evict_all(victims, from_disk=disk)
             # Evictions other requests began are freeing the bytes this one counted on: wait for them too.
@@ -392,7 +421,7 @@ class InstanceModels:
             if disk:
                 entry.downloading, entry.disk_bytes = False, 0
             else:
-                entry.loading, entry.memory_bytes = False, 0
+                entry.loading, entry.memory_bytes, entry.gpu_bytes = False, 0, 0
             raise
 
     async def _evict_for(self, entry: _Entry, need: int, *, disk: bool, strict: bool) -> None:
@@ -403,8 +432,12 @@ class InstanceModels:
         memory fit the memory budget; when models in use keep it over, try again once they settle."""
         try:
             room = make_room(self._residents(None, disk=False), 0, self._models_budget(0))
-            self._over_budget = not room.fits
-            await self._evict_all(room.evict, from_disk=False)
+            victims, fits = room.evict, room.fits
+            if self._gpu_budget is not None:
+                gpu_room = make_room(self._residents(None, disk=False, gpu=True), 0, self._gpu_budget)
+                victims, fits = _union(victims, gpu_room.evict), fits and gpu_room.fits
+            self._over_budget = not fits
+            await self._evict_all(victims, from_disk=False)
         finally:
             self._trimming = False
 
@@ -413,6 +446,23 @@ class InstanceModels:
         which then takes every idle model's place."""
         budget = self.plan.memory_budget_bytes
         return max(budget - self.unowned_bytes, min(need, budget))
+
+    def _gpu_room(self, entry: _Entry, need: int, *, strict: bool) -> tuple[str, ...]:
+        """What to evict so that ``need`` bytes of GPU memory fit too; nothing on an instance without GPUs."""
+        budget = self._gpu_budget
+        if budget is None:
+            return ()
+        if need > budget:
+            raise too_large_for_gpu(self.plan, entry.key, need, budget)
+        room = make_room(self._residents(entry, disk=False, gpu=True), need, budget)
+        if room.refusal is Refusal.BUSY and strict:
+            raise ServiceUnavailable(
+                f"The instance cannot make room for model {entry.key!r} now: its {budget}-byte GPU memory "
+                "budget is held by models with requests in flight, loads under way or pinned models. Retry "
+                "shortly, or add instances.",
+                retry_after_s=2.0,
+            )
+        return room.evict
 
     def _room(self, entry: _Entry, need: int, *, disk: bool, strict: bool) -> tuple[str, ...]:
         if need > (self.plan.disk_budget_bytes if disk else self.plan.memory_budget_bytes):
@@ -466,7 +516,7 @@ class InstanceModels:
         if resp is not None and resp.unowned_bytes is not None:
             self._unowned.append(resp.unowned_bytes)
         entry.loaded = False
-        entry.memory_bytes = 0
+        entry.memory_bytes = entry.gpu_bytes = 0
         self._events.unloaded(entry.key, (time.perf_counter_ns() - started) // 1000)
 
     # -- plumbing ---------------------------------------------------------------------------------------
@@ -495,10 +545,5 @@ class InstanceModels:
         await asyncio.to_thread(shutil.rmtree, self.plan.root, True)
 
 
-def _tree_bytes(directory: Path) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(directory):
-        for name in filenames:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
+def _union(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*first, *second)))

@@ -14,6 +14,24 @@ if TYPE_CHECKING:
     from modelhost.router.model_manager import InstanceModels
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceFootprint:
+    """What the instance metrics (api/instance_metrics.py) measure an instance with: its processes, and the
+    resources its type gives it. Set by the supervisor when the instance comes up."""
+
+    # One per container process; each was started in a session of its own, so its pid is its group's id
+    # and children a bring-your-own server starts stay in the group.
+    process_groups: tuple[int, ...]
+    started_at_s: float  # monotonic, just before its processes started
+    vcpus: float
+    memory_bytes: int
+    # A single-model instance's unpacked artifacts (every container's), measured once before it started,
+    # and the disk they are measured against (VolumeSizeInGB, or MODELHOST_INSTANCE_DISK_BYTES). A
+    # multi-model instance's disk is its model cache's instead.
+    artifact_bytes: int
+    disk_bytes: int
+
+
 class InstanceHandle:
     """One routable instance. Outlives table rebuilds, so its outstanding count stays true across them."""
 
@@ -22,6 +40,7 @@ class InstanceHandle:
         "client",
         "containers",
         "draining",
+        "footprint",
         "id",
         "log_stream_arn",
         "models",
@@ -40,6 +59,7 @@ class InstanceHandle:
         stream_client: StreamClient | None = None,
         models: InstanceModels | None = None,
         containers: dict[str, Invoker] | None = None,
+        footprint: InstanceFootprint | None = None,
     ) -> None:
         self.id = id
         self.variant = variant
@@ -52,6 +72,7 @@ class InstanceHandle:
         # A multi-container instance's containers by hostname, in order (``client`` chains them for a serial
         # pipeline); None for one container.
         self.containers = containers
+        self.footprint = footprint  # None: no instance metrics (handles built by tests)
         self.outstanding = 0
         # Requests the instance said were waiting for a handler when it last answered (its own gauge).
         self.waiting = 0

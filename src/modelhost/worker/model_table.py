@@ -59,6 +59,7 @@ class ModelEntry(Generic[T]):
     state: ModelState
     payload: T | None = None
     memory_bytes: int = 0  # RSS the load added (process_memory.py says what that measure can and cannot see)
+    gpu_memory_bytes: int | None = None  # GPU memory the load added (gpu_memory.py); None: not measured
     load_ms: int = 0
     loaded_at: float | None = None  # wall-clock seconds
     last_used: float | None = None  # wall-clock seconds when its latest invocation arrived; None: never
@@ -134,11 +135,18 @@ class ModelTable(Generic[T]):
         return entry
 
     def finish_load(
-        self, entry: ModelEntry[T], payload: T, memory_bytes: int, load_ms: int, now: float
+        self,
+        entry: ModelEntry[T],
+        payload: T,
+        memory_bytes: int,
+        load_ms: int,
+        now: float,
+        gpu_memory_bytes: int | None = None,
     ) -> None:
         assert entry.state is ModelState.LOADING and self._entries.get(entry.name) is entry
         entry.payload = payload
         entry.memory_bytes = memory_bytes
+        entry.gpu_memory_bytes = gpu_memory_bytes
         entry.load_ms = load_ms
         entry.loaded_at = now
         entry.state = ModelState.READY

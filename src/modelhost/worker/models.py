@@ -20,6 +20,7 @@ from pathlib import Path
 from modelhost.errors import ModelhostError, ResourceLimitExceeded
 from modelhost.worker.dispatch import Dispatcher, OneAtATimeDispatcher
 from modelhost.worker.failure import describe_exception
+from modelhost.worker.gpu_memory import GpuMeter, release_gpu_caches
 from modelhost.worker.handler import UserHandlers, find_handlers, handler_path
 from modelhost.worker.health import BusyClock
 from modelhost.worker.loading import build_pipeline, check_model_dir, runtime_for
@@ -55,6 +56,7 @@ class LoadResult:
     memory_bytes: int
     load_ms: int
     unowned_bytes: int  # the worker's growth that no loaded model accounts for, after this load
+    gpu_memory_bytes: int | None = None  # what the load added on the worker's GPUs; None: no GPU measure
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,9 @@ class ModelService:
         # framework is imported, so the turns cost little.
         self._measuring = threading.Lock()
         self._meter = MemoryMeter()  # used under ``_measuring`` only
+        self._gpus = GpuMeter.open()  # likewise; None without visible GPUs
+        # The memory of the GPUs the worker sees: the server budgets its models' GPU memory by it.
+        self.gpu_total_bytes = self._gpus.total_bytes() if self._gpus is not None else None
         if options.batching is not None:
             log.warning("%s is ignored with many models: each runs one request at a time", MAX_BATCH_SIZE_ENV)
 
@@ -131,7 +136,14 @@ class ModelService:
             elif isinstance(exc, Exception):
                 log.error("model %s did not load: %s", name, describe_exception(exc), exc_info=exc)
             raise
-        self._table.finish_load(entry, result.loaded, result.memory_bytes, result.load_ms, self._wall_clock())
+        self._table.finish_load(
+            entry,
+            result.loaded,
+            result.memory_bytes,
+            result.load_ms,
+            self._wall_clock(),
+            result.gpu_memory_bytes,
+        )
         log.info("model %s loaded in %d ms, %s", name, result.load_ms, _mib(result.memory_bytes))
         self.unowned_bytes = result.unowned_bytes
         return entry
@@ -187,6 +199,7 @@ class ModelService:
                 f"The worker already holds {_mib(before)} of its {_mib(limit)} memory limit; unload a model "
                 f"before loading {name}"
             )
+        gpu_before = self._gpus.used_bytes() if self._gpus is not None else 0
         started = time.perf_counter()
         code: ModelCode | None = None
         try:
@@ -226,7 +239,8 @@ class ModelService:
         )
         memory = max(0, after - before)
         unowned = self._meter.loaded(name, memory, after)
-        return LoadResult(LoadedModel(pipeline, dispatcher, code), memory, load_ms, unowned)
+        gpu = max(0, self._gpus.used_bytes() - gpu_before) if self._gpus is not None else None
+        return LoadResult(LoadedModel(pipeline, dispatcher, code), memory, load_ms, unowned, gpu)
 
     def _unload_blocking(self, name: str, holder: list[LoadedModel | None]) -> UnloadResult:
         # On a handler thread. ``holder`` carries the last reference in, so that it dies here, before the
@@ -238,6 +252,7 @@ class ModelService:
                 self._code.forget(loaded.code)
             del loaded
             release_free_memory()
+            release_gpu_caches()
             after = rss_bytes()
             self._meter.forget(name)
             return UnloadResult(max(0, before - after), self._meter.unowned(after))

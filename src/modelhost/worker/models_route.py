@@ -97,6 +97,7 @@ def describe(entry: ModelRecord) -> dict[str, object]:
         "modelName": entry.name,
         "modelUrl": entry.url,
         "memory_bytes": entry.memory_bytes,
+        "gpu_memory_bytes": entry.gpu_memory_bytes,
         "load_ms": entry.load_ms,
         "loaded_at": entry.loaded_at,
         "last_used": entry.last_used,
@@ -160,16 +161,17 @@ class ModelsRoute:
         except Exception as exc:
             _send_error(responder, exc)
             return
-        _send_json(
-            responder,
-            {
-                "status": "loaded",
-                "model_name": entry.name,
-                "memory_bytes": entry.memory_bytes,
-                "load_ms": entry.load_ms,
-                "unowned_bytes": self._service.unowned_bytes,
-            },
-        )
+        answer: dict[str, object] = {
+            "status": "loaded",
+            "model_name": entry.name,
+            "memory_bytes": entry.memory_bytes,
+            "load_ms": entry.load_ms,
+            "unowned_bytes": self._service.unowned_bytes,
+        }
+        if entry.gpu_memory_bytes is not None:
+            answer["gpu_memory_bytes"] = entry.gpu_memory_bytes
+            answer["gpu_total_bytes"] = self._service.gpu_total_bytes
+        _send_json(responder, answer)
 
     async def _unload(self, name: str, responder: Responder) -> None:
         try:

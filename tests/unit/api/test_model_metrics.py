@@ -83,3 +83,6 @@ def test_events_become_sagemaker_families_and_per_model_counts(tmp_path: Path) -
     assert got[("modelhost_model_cache_disk_budget_bytes", "v", None)] == 10_000
     assert got[("modelhost_model_cache_memory_bytes", "v", None)] == 0
     assert got[("modelhost_model_cache_unowned_bytes", "v", None)] == 0
+    # CPU instances: no GPU budget.
+    assert got[("modelhost_model_cache_gpu_memory_bytes", "v", None)] == 0
+    assert got[("modelhost_model_cache_gpu_memory_budget_bytes", "v", None)] == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from modelhost.errors import ArtifactError, ValidationError
-from modelhost.instances.artifacts import fetch_model_data
+from modelhost.instances.artifacts import fetch_model_data, unpacked_bytes
 from modelhost.store.objects import FilesystemObjectStore
 
 URL = "s3://models/m1/model.tar.gz"
@@ -275,3 +275,16 @@ def test_a_failure_midway_through_a_prefix_leaves_nothing_behind(
 def test_an_unknown_compression_type_is_a_validation_error(store: FilesystemObjectStore, dest: Path) -> None:
     with pytest.raises(ValidationError, match="CompressionType 'Zstd'"):
         fetch_model_data(store, URL, dest, max_bytes=MiB, compression="Zstd")
+
+
+def test_unpacked_bytes_counts_each_file_once_and_a_link_as_itself(
+    store: FilesystemObjectStore, dest: Path
+) -> None:
+    assert unpacked_bytes(dest) == 0  # not fetched yet
+    archive = _tar(
+        _file("model.joblib", b"w" * 5000),
+        _file("code/inference.py", b"x" * 300),
+        _entry("latest", tarfile.SYMTYPE, "model.joblib"),
+    )
+    _fetch(store, dest, archive)
+    assert unpacked_bytes(dest) == 5000 + 300 + len("model.joblib")

@@ -27,5 +27,10 @@ def test_asking_for_more_than_is_free_says_how_many_are() -> None:
 
 
 def test_a_cpu_instance_sees_no_gpu_and_a_gpu_instance_only_its_own() -> None:
-    assert visible_devices(()) == {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}
-    assert visible_devices((1, 3)) == {"CUDA_VISIBLE_DEVICES": "1,3", "NVIDIA_VISIBLE_DEVICES": "1,3"}
+    order = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}  # the host's indexes are nvidia-smi's, in PCI bus order
+    assert visible_devices(()) == {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void", **order}
+    assert visible_devices((1, 3)) == {
+        "CUDA_VISIBLE_DEVICES": "1,3",
+        "NVIDIA_VISIBLE_DEVICES": "1,3",
+        **order,
+    }
