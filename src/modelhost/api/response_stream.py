@@ -38,7 +38,6 @@ _WANTED = {
 }
 # Members of the operation that belong to features modelhost does not have yet: refused by name.
 _NOT_YET = {
-    b"x-amzn-sagemaker-target-container-hostname": "TargetContainerHostname (multi-container endpoints)",
     b"x-amzn-sagemaker-inference-component": "InferenceComponentName (inference components)",
     b"x-amzn-sagemaker-session-id": "SessionId (stateful sessions)",
 }
@@ -73,6 +72,7 @@ class ResponseStreamApi:
                     "inference or batch transform."
                 )
             tv = h.get(b"x-amzn-sagemaker-target-variant")
+            tc = h.get(b"x-amzn-sagemaker-target-container-hostname")
             req = InvokeRequest(
                 endpoint=endpoint,
                 body=body,
@@ -81,6 +81,7 @@ class ResponseStreamApi:
                 custom_attributes=h.get(b"x-amzn-sagemaker-custom-attributes"),
                 target_variant=tv.decode("latin-1") if tv is not None else None,
                 inference_id=h.get(b"x-amzn-sagemaker-inference-id"),
+                target_container=tc.decode("latin-1") if tc is not None else None,
             )
         except ModelhostError as exc:
             self._fail(responder.send, exc, endpoint, None)

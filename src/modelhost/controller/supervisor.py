@@ -143,6 +143,8 @@ class Supervisor:
                 await invoker.close()
             if inst.handle.stream_client is not None:
                 await inst.handle.stream_client.close()
+            for stream_client in (inst.handle.container_streams or {}).values():
+                await stream_client.close()
             if inst.handle.models is not None:
                 # Its models go with it: routing stops seeing them, and its disk cache is deleted.
                 await inst.handle.models.close()
@@ -281,7 +283,12 @@ class Supervisor:
             )
         first = next(iter(invokers.values()))
         client_invoker: Invoker = SerialInvoker(list(invokers.items())) if plan.mode == "Serial" else first
-        # Streams are not offered on multi-container endpoints (api/response_stream.py refuses the header).
+        # Each Direct container streams on its own connection; a serial pipeline's answer is not streamed.
+        streams = (
+            {c.hostname: _stream_client(p) for c, p in zip(plan.containers, processes, strict=True)}
+            if plan.mode != "Serial"
+            else None
+        )
         inst.handle = InstanceHandle(
             inst.id,
             plan.launch.variant,
@@ -289,6 +296,7 @@ class Supervisor:
             plan.log_stream_arn,
             containers=invokers,
             footprint=_footprint(plan, processes, started_at_s, artifact_bytes),
+            container_streams=streams,
         )
         self._healthy(inst, plan)
 

@@ -172,10 +172,12 @@ class Router:
     async def _open_stream(self, req: InvokeRequest, handle: InstanceHandle, timeout_s: float) -> ModelStream:
         client = handle.stream_client
         if handle.containers is not None:
-            raise ValidationError(
-                f"Endpoint {req.endpoint} has several containers: modelhost does not stream their answers "
-                "yet; use InvokeEndpoint."
-            )
+            if handle.container_streams is None or req.target_container is None:
+                raise ValidationError(
+                    f"Endpoint {req.endpoint} is a serial inference pipeline: its answer is not streamed. "
+                    "Use InvokeEndpoint."
+                )
+            client = handle.container_streams[req.target_container]  # checked against the route in _pick
         if client is None:
             raise InternalFailure(f"Instance {handle.id} was started without a streaming connection.")
         headers = contract_headers(

@@ -38,6 +38,7 @@ class InstanceHandle:
     __slots__ = (
         "_idle",
         "client",
+        "container_streams",
         "containers",
         "draining",
         "footprint",
@@ -60,6 +61,7 @@ class InstanceHandle:
         models: InstanceModels | None = None,
         containers: dict[str, Invoker] | None = None,
         footprint: InstanceFootprint | None = None,
+        container_streams: dict[str, StreamClient] | None = None,
     ) -> None:
         self.id = id
         self.variant = variant
@@ -72,6 +74,9 @@ class InstanceHandle:
         # A multi-container instance's containers by hostname, in order (``client`` chains them for a serial
         # pipeline); None for one container.
         self.containers = containers
+        # A Direct multi-container instance's streaming connections by hostname; None otherwise (a serial
+        # pipeline's answer is not streamed).
+        self.container_streams = container_streams
         self.footprint = footprint  # None: no instance metrics (handles built by tests)
         self.outstanding = 0
         # Requests the instance said were waiting for a handler when it last answered (its own gauge).
