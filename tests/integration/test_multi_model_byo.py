@@ -158,13 +158,12 @@ def invoke(server: LiveServer, name: str, key: str) -> dict[str, Any]:
     return dict(json.loads(resp["Body"].read()))
 
 
-def test_a_bring_your_own_multi_model_server_serves_each_model(
-    server: LiveServer, program: Path, name: str
+def deploy(
+    server: LiveServer, program: Path, name: str, prefix: str, env: dict[str, str] | None = None
 ) -> None:
-    prefix = f"s3://byo/{name}/"
-    for key, weights in WEIGHTS.items():
-        write_artifact(server.bucket_path(prefix + key), extra={"weights.json": json.dumps(weights).encode()})
-    container = {"Image": str(program), "Mode": "MultiModel", "ModelDataUrl": prefix}
+    container: dict[str, Any] = {"Image": str(program), "Mode": "MultiModel", "ModelDataUrl": prefix}
+    if env:
+        container["Environment"] = env
     server.sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer=container)
     server.sm.create_endpoint_config(
         EndpointConfigName=name,
@@ -174,6 +173,15 @@ def test_a_bring_your_own_multi_model_server_serves_each_model(
     )
     server.sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
     server.wait_in_service(name)
+
+
+def test_a_bring_your_own_multi_model_server_serves_each_model(
+    server: LiveServer, program: Path, name: str
+) -> None:
+    prefix = f"s3://byo/{name}/"
+    for key, weights in WEIGHTS.items():
+        write_artifact(server.bucket_path(prefix + key), extra={"weights.json": json.dumps(weights).encode()})
+    deploy(server, program, name, prefix)
     for _ in range(2):
         for key, weights in WEIGHTS.items():
             answer = invoke(server, name, key)
@@ -205,23 +213,6 @@ def test_a_bring_your_own_multi_model_server_serves_each_model(
 
 
 GIB = 2**30
-
-
-def deploy(
-    server: LiveServer, program: Path, name: str, prefix: str, env: dict[str, str] | None = None
-) -> None:
-    container: dict[str, Any] = {"Image": str(program), "Mode": "MultiModel", "ModelDataUrl": prefix}
-    if env:
-        container["Environment"] = env
-    server.sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer=container)
-    server.sm.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[
-            {"VariantName": "v", "ModelName": name, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
-        ],
-    )
-    server.sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
-    server.wait_in_service(name)
 
 
 def gauge(server: LiveServer, metric: str, name: str) -> float:
