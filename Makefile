@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup run test unit integration e2e lint typecheck bench bench-peers bench-mme clean
+.PHONY: setup run test unit integration e2e lint typecheck bench bench-peers bench-mme bench-workers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-peers: $(STAMP)
 # 1,000 small models behind one multi-model endpoint whose memory holds about 50, Zipf traffic, 3 minutes.
 bench-mme: $(STAMP)
 	$(BIN)/python bench/mme_scale.py
+
+# One instance with one worker process, with two (SAGEMAKER_MODEL_SERVER_WORKERS), and two instances.
+bench-workers: $(STAMP)
+	$(BIN)/python bench/server_workers.py
 
 clean:
 	rm -rf $(VENV) modelhost-data .pytest_cache .mypy_cache .ruff_cache

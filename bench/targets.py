@@ -114,11 +114,16 @@ class ModelhostTargets:
 
     @contextlib.contextmanager
     def endpoint(
-        self, name: str, label: str, model_url: str, environment: Mapping[str, str] | None = None
+        self,
+        name: str,
+        label: str,
+        model_url: str,
+        environment: Mapping[str, str] | None = None,
+        instances: int = 1,
     ) -> Iterator[Served]:
         mh = self._server()
         try:
-            took = mh.deploy(name, 1, model_url, environment)
+            took = mh.deploy(name, instances, model_url, environment)
             mh.workers()  # recorded by Modelhost, which kills any that outlive the server at stop()
             yield Served(label, mh.port, mh.invocations_path(name), self.roles, took)
         finally:

@@ -40,6 +40,7 @@ from modelhost.domain.specs import (
     ServerProgram,
     VariantSpec,
     deployment_spec,
+    server_workers,
 )
 from modelhost.domain.status import EndpointStatus
 from modelhost.errors import ModelhostError
@@ -365,7 +366,12 @@ class Fleet:
         if variant.model.multi_container:
             return self._containers_plan(launch, variant, model_dir.parent, memory, disk)
         url = container.model_data_url or ""
-        return InstancePlan(launch, url, container.compression, stream, memory_bytes=memory, disk_bytes=disk)
+        # Our worker runs as many processes as SAGEMAKER_MODEL_SERVER_WORKERS asks; a server program is given
+        # the variable and runs its workers itself.
+        workers = 1 if isinstance(container.runtime, ServerProgram) else server_workers(container)
+        return InstancePlan(
+            launch, url, container.compression, stream, memory_bytes=memory, disk_bytes=disk, workers=workers
+        )
 
     def _containers_plan(
         self, first: LaunchSpec, variant: VariantSpec, variant_dir: Path, memory_bytes: int, disk_bytes: int

@@ -31,6 +31,7 @@ from modelhost.router.model_manager import InstanceModels
 from modelhost.router.serial import SerialInvoker
 from modelhost.router.stream_client import StreamClient
 from modelhost.router.table import InstanceFootprint, InstanceHandle
+from modelhost.router.worker_spread import WorkerSpread
 from modelhost.settings import Settings
 from modelhost.store.objects import ObjectStore
 
@@ -83,6 +84,9 @@ class InstancePlan:
     # default; a multi-model instance's disk budget): what its instance metrics are percentages of.
     memory_bytes: int = field(kw_only=True)
     disk_bytes: int = field(kw_only=True)
+    # SAGEMAKER_MODEL_SERVER_WORKERS of a single-model instance of our worker: processes that each load the
+    # model and share the instance's vCPUs and GPUs.
+    workers: int = field(default=1, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,36 +179,49 @@ class Supervisor:
         launch = await self._with_requirements(plan.launch)
         inst.gpu_ids = self._gpus.take(launch.gpus)
         started_at_s = self._clock.monotonic()
-        inst.process = await self._backend.start(replace(launch, gpu_ids=inst.gpu_ids))
-        client = _contract_client(inst.process)
-        deadline = self._clock.monotonic() + self._settings.startup_timeout_s
-        failure = await self._await_healthy(inst.process, client, deadline)
-        if failure is not None:
-            await client.close()
-            self._exit(inst, failure)
+        n = plan.workers
+        # Several workers share the instance's vCPUs (each gets its share of handler threads) and its GPUs.
+        launches = [
+            replace(
+                launch,
+                instance_id=f"{inst.id}-w{k + 1}" if n > 1 else inst.id,
+                vcpus=launch.vcpus / n,
+                gpu_ids=inst.gpu_ids,
+            )
+            for k in range(n)
+        ]
+        processes = await self._start_all(inst, launches)
+        names = [""] if n == 1 else [f"Worker {k + 1} of {n}: " for k in range(n)]
+        clients = await self._await_all_healthy(inst, processes, names)
+        if clients is None:
             return
-        inst.pinger = client
-        frame_socket = inst.process.frame_socket_path
+        client = clients[0]
+        frame_sockets = [p.frame_socket_path for p in processes]
         # Frames for our workers; a bring-your-own server gets the contract's POST /invocations. A multi-model
         # instance is invoked per model over HTTP (/models/{name}/invoke) through its model cache.
-        invoker: Invoker = (
-            FrameClient(frame_socket, connections=handler_threads(plan.launch.vcpus))
-            if frame_socket is not None and plan.models is None
-            else HttpInvoker(client)
-        )
+        invoker: Invoker
+        if plan.models is not None or frame_sockets[0] is None:
+            invoker = HttpInvoker(client)
+        else:
+            frames = [
+                FrameClient(path, connections=handler_threads(w.vcpus))
+                for path, w in zip(frame_sockets, launches, strict=True)
+                if path is not None
+            ]
+            invoker = frames[0] if n == 1 else WorkerSpread(frames)
         models = None
         if plan.models is not None:
             events = self._model_events(plan.launch.endpoint, plan.launch.variant)
-            model_server = ModelServerClient(_contract_client(inst.process))
+            model_server = ModelServerClient(_contract_client(processes[0]))
             models = InstanceModels(plan.models, model_server, self._objects, events)
             models.start_preload()
-        footprint = _footprint(plan, (inst.process,), started_at_s, artifact_bytes)
+        footprint = _footprint(plan, processes, started_at_s, artifact_bytes)
         inst.handle = InstanceHandle(
             inst.id,
             plan.launch.variant,
             invoker,
             plan.log_stream_arn,
-            _stream_client(inst.process),
+            _stream_client(processes[0]),
             models,
             footprint=footprint,
         )
@@ -243,6 +260,36 @@ class Supervisor:
         finally:
             exit_wait.cancel()
 
+    async def _start_all(self, inst: ManagedInstance, launches: Sequence[LaunchSpec]) -> list[LocalInstance]:
+        """Start a process for each launch: an instance's workers, or its containers."""
+        processes: list[LocalInstance] = []
+        for launch in launches:
+            process = await self._backend.start(launch)
+            processes.append(process)
+            # Recorded at once, so that stop() finds every process started even if a later start fails.
+            if inst.process is None:
+                inst.process = process
+            else:
+                inst.siblings.append(process)
+        return processes
+
+    async def _await_all_healthy(
+        self, inst: ManagedInstance, processes: Sequence[LocalInstance], names: Sequence[str]
+    ) -> list[InstanceClient] | None:
+        """Wait until every process answers /ping; their pingers, or None once the instance has exited
+        with the first failure (prefixed with that process's name)."""
+        clients = [_contract_client(p) for p in processes]
+        deadline = self._clock.monotonic() + self._settings.startup_timeout_s
+        for name, process, client in zip(names, processes, clients, strict=True):
+            failure = await self._await_healthy(process, client, deadline)
+            if failure is not None:
+                for other in clients:
+                    await other.close()
+                self._exit(inst, name + failure)
+                return None
+        inst.pinger, inst.sibling_pingers = clients[0], clients[1:]
+        return clients
+
     async def _bring_up_containers(self, inst: ManagedInstance, plan: InstancePlan) -> None:
         """Start every container's process at once, then wait until each answers /ping: the instance is
         healthy when all are. A serial pipeline's handle chains them; a Direct one picks one by hostname."""
@@ -254,25 +301,14 @@ class Supervisor:
         launches = [await self._with_requirements(c.launch) for c in plan.containers]
         inst.gpu_ids = self._gpus.take(plan.launch.gpus)  # the instance's GPUs, shared by its containers
         started_at_s = self._clock.monotonic()
-        processes: list[LocalInstance] = []
-        for launch in launches:
-            process = await self._backend.start(replace(launch, gpu_ids=inst.gpu_ids))
-            processes.append(process)
-            # Recorded at once, so that stop() finds every process started even if a later start fails.
-            if inst.process is None:
-                inst.process = process
-            else:
-                inst.siblings.append(process)
-        clients = [_contract_client(p) for p in processes]
-        deadline = self._clock.monotonic() + self._settings.startup_timeout_s
-        for c, process, client in zip(plan.containers, processes, clients, strict=True):
-            failure = await self._await_healthy(process, client, deadline)
-            if failure is not None:
-                for other in clients:
-                    await other.close()
-                self._exit(inst, f"Container {c.hostname}: {failure}")
-                return
-        inst.pinger, inst.sibling_pingers = clients[0], clients[1:]
+        processes = await self._start_all(
+            inst, [replace(launch, gpu_ids=inst.gpu_ids) for launch in launches]
+        )
+        clients = await self._await_all_healthy(
+            inst, processes, [f"Container {c.hostname}: " for c in plan.containers]
+        )
+        if clients is None:
+            return
         invokers: dict[str, Invoker] = {}
         for c, process, client in zip(plan.containers, processes, clients, strict=True):
             frames = process.frame_socket_path

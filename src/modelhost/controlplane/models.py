@@ -8,7 +8,14 @@ from typing import Any
 
 from modelhost.controlplane.context import ControlPlaneContext
 from modelhost.controlplane.resources import create_resource, list_resources
-from modelhost.domain.specs import MAX_CONTAINERS, ContainerSpec, ModelSpec, ServerProgram, model_spec
+from modelhost.domain.specs import (
+    MAX_CONTAINERS,
+    ContainerSpec,
+    ModelSpec,
+    ServerProgram,
+    model_spec,
+    server_workers,
+)
 from modelhost.errors import ArtifactError, ValidationError
 from modelhost.instances.artifacts import ARCHIVE_SUFFIXES
 from modelhost.instances.byo import check_program, resolve_image
@@ -23,6 +30,7 @@ def _check_container(ctx: ControlPlaneContext, c: ContainerSpec) -> None:
         raise ValidationError(f"Container {c.image}: Mode {c.mode!r} is not one of SingleModel, MultiModel.")
     if isinstance(c.runtime, ServerProgram):
         check_program(c.image, c.runtime)
+    server_workers(c)  # a value that is no worker count is refused now, not when the endpoint starts
     if c.multi_model:
         _check_multi_model(c)
         return

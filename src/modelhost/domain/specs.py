@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelhost.errors import ValidationError
+
 
 @dataclass(frozen=True, slots=True)
 class ServerProgram:
@@ -65,6 +67,22 @@ class ContainerSpec:
 
 
 MAX_CONTAINERS = 15  # SageMaker's limit for both serial inference pipelines and multi-container endpoints
+SERVER_WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
+MAX_SERVER_WORKERS = 64
+
+
+def server_workers(container: ContainerSpec) -> int:
+    """SAGEMAKER_MODEL_SERVER_WORKERS: worker processes per instance, each with the model loaded; 1 when
+    unset. ValidationError when it is not a whole number from 1 to MAX_SERVER_WORKERS."""
+    value = container.environment.get(SERVER_WORKERS_ENV)
+    if value is None:
+        return 1
+    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_SERVER_WORKERS:
+        raise ValidationError(
+            f"{SERVER_WORKERS_ENV} in the Environment of container {container.image} is {value!r}: it must "
+            f"be a whole number of worker processes from 1 to {MAX_SERVER_WORKERS}."
+        )
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,7 +208,8 @@ def test_closing_early_drops_the_connection(run: Run[None], sock_path: str) -> N
     async def main() -> None:
         async with server(sock_path, answer):
             stream = await StreamClient(unix_path=sock_path).open("POST", "/invocations", timeout_s=5)
-            assert await stream.read() == b"hi"
+            # The next chunks may have arrived by the time it reads (a busy machine): it gets them too.
+            assert (await stream.read()).startswith(b"hi")
             stream.close()
             with pytest.raises(InstanceUnreachable, match="abandoned"):
                 await stream.read()
