@@ -31,12 +31,13 @@ TARGETS = {"1 worker": (1, None), "2 workers": (1, "2"), "2 instances": (2, None
 
 
 def run_once(
-    mh: ModelhostTargets, body_file: Path, args: argparse.Namespace, cases: list[Case]
+    mh: ModelhostTargets, body_file: Path, args: argparse.Namespace, cases: list[Case], run: int
 ) -> list[Measurement]:
     out = []
     for label, (instances, workers) in TARGETS.items():
         env = {"SAGEMAKER_MODEL_SERVER_WORKERS": workers} if workers else None
-        with mh.endpoint("sw-" + label.replace(" ", "-"), label, MODEL_URL, env, instances) as served:
+        name = f"sw{run}-" + label.replace(" ", "-")  # models and configs outlive their endpoint
+        with mh.endpoint(name, label, MODEL_URL, env, instances) as served:
             checked = answers.check(served.address, served.path, cases)
             print(f"  {label}: {checked} answers checked against the model in process", flush=True)
             for conc in args.conc:
@@ -69,7 +70,7 @@ def main() -> None:
         try:
             for i in range(args.runs):
                 print(f"run {i + 1} of {args.runs}", flush=True)
-                runs.append(run_once(mh, body_file, args, cases))
+                runs.append(run_once(mh, body_file, args, cases, i))
         finally:
             mh.stop()
     summary = {}
