@@ -76,6 +76,9 @@ def test_requests_spread_over_the_instance_workers(server: LiveServer, name: str
     by_worker = Counter(a["pid"] for a in answers)
     assert set(by_worker) == pids  # every worker served, and only the endpoint's own
     assert min(by_worker.values()) >= 10, by_worker
+    # One log stream for the instance, as on SageMaker, that every worker writes to.
+    (log,) = (server.data_dir / "logs" / name / "AllTraffic").glob("*.log")
+    assert log.read_text().count("; ready") == 3
 
     # One worker dies: the instance goes with it and a new one, with three fresh workers, takes its place.
     os.kill(next(iter(pids)), signal.SIGKILL)

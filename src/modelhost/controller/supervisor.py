@@ -185,6 +185,7 @@ class Supervisor:
             replace(
                 launch,
                 instance_id=f"{inst.id}-w{k + 1}" if n > 1 else inst.id,
+                log_id=inst.id,  # one log stream per instance, as on SageMaker
                 vcpus=launch.vcpus / n,
                 gpu_ids=inst.gpu_ids,
             )

@@ -48,6 +48,8 @@ class LaunchSpec:
     multi_model: bool = False
     # Our multi-model worker refuses (507) a load past this resident memory: the instance type's memory.
     memory_limit_bytes: int | None = None
+    # The log stream it writes to, when not its own: the workers of one instance share the instance's.
+    log_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -138,7 +140,7 @@ class LocalBackend:
     async def start(self, spec: LaunchSpec) -> LocalInstance:
         inst_dir = self._instances_dir / spec.instance_id
         inst_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_path(spec.endpoint, spec.variant, spec.instance_id)
+        log_path = self.log_path(spec.endpoint, spec.variant, spec.log_id or spec.instance_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(spec.runtime, ServerProgram):
             return await self._start_server(spec, spec.runtime, inst_dir, log_path)
