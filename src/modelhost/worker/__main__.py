@@ -37,8 +37,11 @@ def main() -> None:
     # Handler code's print() must reach the instance's log stream as it happens, not when a buffer fills.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
+    # The process id tells apart the lines of an instance's workers, which share its log stream.
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
     )
     code = uvloop.run(WorkerProcess(options).run())
     flush_std_streams()
