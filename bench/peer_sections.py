@@ -128,7 +128,13 @@ def section_lr(run: Run, harness: ModuleType | None, mh: ModelhostTargets, model
             assert harness is not None, "main loads the harness whenever a peer is asked for"
             run.attempt(name, functools.partial(_lr_peer, run, harness, name, check))
     write_artifact(mh.data_dir, model)
-    for label, env in (("modelhost", None), ("modelhost+batch", batch_env(args))):
+    targets: list[tuple[str, dict[str, str] | None]] = [
+        ("modelhost", None),
+        ("modelhost+batch", batch_env(args)),
+    ]
+    if args.workers > 1:
+        targets.append(("modelhost+workers", {"SAGEMAKER_MODEL_SERVER_WORKERS": str(args.workers)}))
+    for label, env in targets:
         run.attempt(label, functools.partial(_lr_modelhost, run, mh, label, env, specs, check))
 
 

@@ -75,6 +75,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--conc", default="1,32", help="concurrencies of the lr section")
     p.add_argument("--batch-size", type=int, default=32, help="MODELHOST_MAX_BATCH_SIZE of +batch")
     p.add_argument("--batch-delay-us", type=int, default=0, help="MODELHOST_MAX_BATCH_DELAY_US of +batch")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="past 1: the lr section adds modelhost+workers, with this SAGEMAKER_MODEL_SERVER_WORKERS",
+    )
     p.add_argument("--mlp-threads", type=int, default=1, help="torch threads, in-process and served")
     p.add_argument("--mlp-batch-rows", type=int, default=32, help="rows per in-process batch (the limit)")
     p.add_argument("--mlp-conc", default="32", help="concurrencies of the mlp section")

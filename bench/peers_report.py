@@ -11,7 +11,7 @@ from load_measure import Measurement
 from mlp_workload import MlpLimit
 from overload import OverloadReport, rss_growth_mb, verdicts
 
-OURS = ("floor", "modelhost", "modelhost+batch")
+OURS = ("floor", "modelhost", "modelhost+batch", "modelhost+workers")
 
 
 def _num(value: float | None, fmt: str) -> str:
