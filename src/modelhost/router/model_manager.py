@@ -4,14 +4,13 @@ same moment: they share one task.
 
 The supervisor makes one per multi-model instance and closes it with the instance; the router calls
 ``invoke`` for each request with a TargetModel that it sends to the instance. What to evict is decided by
-model_cache.py; this module does the I/O. Everything here runs on the event loop; downloads and unpacking
-run in threads.
+model_cache.py and model_budgets.py; this module does the I/O. Everything here runs on the event loop;
+downloads and unpacking run in threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import shutil
 import time
@@ -21,35 +20,33 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from modelhost.errors import ArtifactError, ModelhostError, ServiceUnavailable, ValidationError
+from modelhost.errors import (
+    ArtifactError,
+    ModelhostError,
+    ResourceLimitExceeded,
+    ServiceUnavailable,
+    ValidationError,
+)
 from modelhost.instances.artifacts import fetch_model_data, unpacked_bytes
 from modelhost.router.instance_client import InstanceNotConnected, InstanceTimeout, InstanceUnreachable
+from modelhost.router.model_budgets import Budget, ModelBudgets, union
 from modelhost.router.model_cache import (
     LoadFailed,
     ModelCacheEvents,
     ModelCachePlan,
     ModelReply,
     NoEvents,
-    Refusal,
     Resident,
     least_recent,
-    make_room,
     model_name,
     not_found,
     too_large,
-    too_large_for_gpu,
 )
 from modelhost.router.model_client import ModelServerClient
 from modelhost.store.objects import ObjectStore
 
 log = logging.getLogger("modelhost.models")
 T = TypeVar("T")
-# A model measured over the whole memory budget this many times is refused without loading it again. Not
-# once: the first load in a process also pays for importing its framework, which a second load does not.
-_OVERSIZE_LOADS = 2
-# The instance's unowned memory counts against the budget as the most of its last few reports: one report
-# can catch an invocation's buffers in flight.
-_UNOWNED_REPORTS = 8
 
 
 @dataclass(eq=False, slots=True)
@@ -87,15 +84,7 @@ class InstanceModels:
         self._store = store
         self._events = events or NoEvents()
         self._entries: dict[str, _Entry] = {}
-        # Memory per key, the least any load measured: a load also counts whatever else the instance
-        # allocated meanwhile (the first one of a process, its framework's import), never less.
-        self._measured: dict[str, int] = {}
-        self._measured_gpu: dict[str, int] = {}  # likewise, on the instance's GPUs
-        self._oversize: dict[str, int] = {}  # loads per key measured over the whole budget
-        self._gpu_budget = plan.gpu_memory_budget_bytes  # or learned from the instance's first load
-        # What the instance said it holds beyond its models (allocator fragments, what first calls cached):
-        # the models' share of the budget is what is left of it.
-        self._unowned: collections.deque[int] = collections.deque(maxlen=_UNOWNED_REPORTS)
+        self._budgets = ModelBudgets(plan)
         self._over_budget = False  # models in use kept the last eviction from fitting: trim when they settle
         self._trimming = False
         self._tick = 0
@@ -131,12 +120,12 @@ class InstanceModels:
     @property
     def gpu_memory_budget_bytes(self) -> int | None:
         """None on an instance without GPUs (or whose server does not measure them)."""
-        return self._gpu_budget
+        return self._budgets.gpu_budget_bytes
 
     @property
     def unowned_bytes(self) -> int:
         """The instance's memory beyond its models', as it reported it lately; 0 when it does not say."""
-        return max(self._unowned, default=0)
+        return self._budgets.unowned_bytes
 
     @property
     def disk_used_bytes(self) -> int:
@@ -312,19 +301,8 @@ class InstanceModels:
         return unpacked_bytes(directory)
 
     async def _load(self, entry: _Entry) -> None:
-        budget, gpu_budget = self.plan.memory_budget_bytes, self._gpu_budget
-        known, known_gpu = self._measured.get(entry.key), self._measured_gpu.get(entry.key, 0)
-        if self._oversize.get(entry.key, 0) >= _OVERSIZE_LOADS:
-            # Refused without loading it again: loading and unloading it for every request is thrashing.
-            if known is not None and known > budget:
-                raise too_large(self.plan, entry.key, known, disk=False)
-            if gpu_budget is not None and known_gpu > gpu_budget:
-                raise too_large_for_gpu(self.plan, entry.key, known_gpu, gpu_budget)
-        # Before its first load a model's memory is unknown: its unpacked size is the guess to make room by,
-        # and only that: what it measures once loaded decides whether it fits. Its GPU memory is not guessed.
-        estimate = known if known is not None and known <= budget else min(entry.disk_bytes, budget)
-        gpu_estimate = known_gpu if gpu_budget is None or known_gpu <= gpu_budget else 0
-        await self._reserve(entry, estimate, disk=False, gpu_need=gpu_estimate)
+        need = self._budgets.need(entry.key, entry.disk_bytes)
+        await self._reserve(entry, need.memory_bytes, disk=False, gpu_need=need.gpu_bytes)
         started = time.perf_counter_ns()
         timeout_s = self.plan.load_timeout_s
         measured: int | None = None
@@ -332,7 +310,7 @@ class InstanceModels:
             reply = await self._client.load(entry.name, entry.directory, timeout_s)
             if reply.status == 507:
                 # The instance's own measure of room says no: unload idle models and try once more.
-                victims = least_recent(self._residents(entry, disk=False), max(estimate, 1))
+                victims = least_recent(self._residents(entry, disk=False), max(need.memory_bytes, 1))
                 if victims:
                     await self._evict_all(victims, from_disk=False)
                     reply = await self._client.load(entry.name, entry.directory, timeout_s)
@@ -362,27 +340,16 @@ class InstanceModels:
             entry.loading = False
             entry.memory_bytes = entry.gpu_bytes = 0
         entry.loaded = True
-        entry.memory_bytes = measured if measured is not None else estimate
-        entry.gpu_bytes = reply.gpu_memory_bytes if reply.gpu_memory_bytes is not None else gpu_estimate
-        if reply.unowned_bytes is not None:
-            self._unowned.append(reply.unowned_bytes)
-        if reply.gpu_total_bytes and self.plan.gpu_memory_budget_bytes is None:
-            self._gpu_budget = gpu_budget = int(reply.gpu_total_bytes * self.plan.gpu_memory_fraction)
-        if measured is not None:
-            self._measured[entry.key] = min(measured, self._measured.get(entry.key, measured))
-        if reply.gpu_memory_bytes is not None:
-            gpu = reply.gpu_memory_bytes
-            self._measured_gpu[entry.key] = min(gpu, self._measured_gpu.get(entry.key, gpu))
+        self._budgets.unowned_reported(reply.unowned_bytes)
+        self._budgets.gpus_reported(reply.gpu_total_bytes)
+        took = self._budgets.loaded(entry.key, need, measured, reply.gpu_memory_bytes)
+        entry.memory_bytes, entry.gpu_bytes = took.memory_bytes, took.gpu_bytes
         self._events.loaded(entry.key, (time.perf_counter_ns() - started) // 1000)
-        over_gpu = gpu_budget is not None and entry.gpu_bytes > gpu_budget
-        if entry.memory_bytes > budget or over_gpu:
-            self._oversize[entry.key] = self._oversize.get(entry.key, 0) + 1
+        try:
+            self._budgets.check_fits(entry.key, took)
+        except ResourceLimitExceeded:
             await self._unload(entry)
-            if over_gpu:
-                assert gpu_budget is not None
-                raise too_large_for_gpu(self.plan, entry.key, entry.gpu_bytes, gpu_budget)
-            raise too_large(self.plan, entry.key, entry.memory_bytes, disk=False)
-        self._oversize.pop(entry.key, None)
+            raise
         await self._trim()
 
     # -- budgets and eviction -----------------------------------------------------------------------------
@@ -409,7 +376,10 @@ class InstanceModels:
         if disk:
             entry.downloading, entry.disk_bytes = True, need
         else:
-            victims = _union(victims, self._gpu_room(entry, gpu_need, strict=True))
+            if self._budgets.gpu_budget_bytes is not None:
+                gpu_residents = self._residents(entry, disk=False, gpu=True)
+                gpu_victims = self._budgets.room(entry.key, gpu_residents, gpu_need, Budget.GPU, strict=True)
+                victims = union(victims, gpu_victims)
             entry.loading, entry.memory_bytes, entry.gpu_bytes = True, need, gpu_need
         try:
             await self._evict_all(victims, from_disk=disk)
@@ -429,55 +399,22 @@ class InstanceModels:
 
     async def _trim(self) -> None:
         """Unload idle models, least recently used first, until what is loaded and the instance's unowned
-        memory fit the memory budget; when models in use keep it over, try again once they settle."""
+        memory fit the memory budget (and the GPU budget); when models in use keep it over, try again once
+        they settle."""
         try:
-            room = make_room(self._residents(None, disk=False), 0, self._models_budget(0))
-            victims, fits = room.evict, room.fits
-            if self._gpu_budget is not None:
-                gpu_room = make_room(self._residents(None, disk=False, gpu=True), 0, self._gpu_budget)
-                victims, fits = _union(victims, gpu_room.evict), fits and gpu_room.fits
+            victims, fits = self._budgets.over(self._residents(None, disk=False), Budget.MEMORY)
+            if self._budgets.gpu_budget_bytes is not None:
+                gpu_residents = self._residents(None, disk=False, gpu=True)
+                gpu_victims, gpu_fits = self._budgets.over(gpu_residents, Budget.GPU)
+                victims, fits = union(victims, gpu_victims), fits and gpu_fits
             self._over_budget = not fits
             await self._evict_all(victims, from_disk=False)
         finally:
             self._trimming = False
 
-    def _models_budget(self, need: int) -> int:
-        """The memory budget less the instance's unowned memory; never less than a need within the budget,
-        which then takes every idle model's place."""
-        budget = self.plan.memory_budget_bytes
-        return max(budget - self.unowned_bytes, min(need, budget))
-
-    def _gpu_room(self, entry: _Entry, need: int, *, strict: bool) -> tuple[str, ...]:
-        """What to evict so that ``need`` bytes of GPU memory fit too; nothing on an instance without GPUs."""
-        budget = self._gpu_budget
-        if budget is None:
-            return ()
-        if need > budget:
-            raise too_large_for_gpu(self.plan, entry.key, need, budget)
-        room = make_room(self._residents(entry, disk=False, gpu=True), need, budget)
-        if room.refusal is Refusal.BUSY and strict:
-            raise ServiceUnavailable(
-                f"The instance cannot make room for model {entry.key!r} now: its {budget}-byte GPU memory "
-                "budget is held by models with requests in flight, loads under way or pinned models. Retry "
-                "shortly, or add instances.",
-                retry_after_s=2.0,
-            )
-        return room.evict
-
     def _room(self, entry: _Entry, need: int, *, disk: bool, strict: bool) -> tuple[str, ...]:
-        if need > (self.plan.disk_budget_bytes if disk else self.plan.memory_budget_bytes):
-            raise too_large(self.plan, entry.key, need, disk=disk)
-        budget = self.plan.disk_budget_bytes if disk else self._models_budget(need)
-        room = make_room(self._residents(entry, disk=disk), need, budget)
-        if room.refusal is Refusal.BUSY and strict:
-            what = "disk" if disk else "memory"
-            raise ServiceUnavailable(
-                f"The instance cannot make room for model {entry.key!r} now: its {budget}-byte {what} budget "
-                "is held by models with requests in flight, loads under way or pinned models. Retry "
-                "shortly, or add instances.",
-                retry_after_s=2.0,
-            )
-        return room.evict
+        budget = Budget.DISK if disk else Budget.MEMORY
+        return self._budgets.room(entry.key, self._residents(entry, disk=disk), need, budget, strict=strict)
 
     async def _evict_all(self, keys: tuple[str, ...], *, from_disk: bool) -> None:
         tasks = []
@@ -513,8 +450,8 @@ class InstanceModels:
                 "the instance refused to unload model %s (%d): %s", entry.key, resp.status, resp.message
             )
             return
-        if resp is not None and resp.unowned_bytes is not None:
-            self._unowned.append(resp.unowned_bytes)
+        if resp is not None:
+            self._budgets.unowned_reported(resp.unowned_bytes)
         entry.loaded = False
         entry.memory_bytes = entry.gpu_bytes = 0
         self._events.unloaded(entry.key, (time.perf_counter_ns() - started) // 1000)
@@ -543,7 +480,3 @@ class InstanceModels:
         await self._client.close()
         self._entries.clear()
         await asyncio.to_thread(shutil.rmtree, self.plan.root, True)
-
-
-def _union(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys((*first, *second)))
