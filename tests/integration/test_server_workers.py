@@ -1,6 +1,7 @@
 """SAGEMAKER_MODEL_SERVER_WORKERS through boto3: an instance runs that many worker processes, each with the
-model loaded, and requests spread over them; a worker that dies takes its instance with it, which is
-replaced; a value that is no worker count is refused by CreateModel."""
+model loaded, and requests spread over them; each container of a multi-container endpoint runs its own; a
+worker that dies takes its instance with it, which is replaced; a value that is no worker count is refused
+by CreateModel."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from tests.fixtures.live_server import ROLE, LiveServer, wait_until, worker_pids
 from tests.fixtures.models import iris_model, write_artifact
+from tests.fixtures.multi_container import deploy_containers
 
 # Each answer says which process gave it; the sleep keeps a request in flight long enough to overlap.
 WHO = """
@@ -108,3 +110,34 @@ def test_a_value_that_is_no_worker_count_is_refused(server: LiveServer, name: st
     error = info.value.response["Error"]
     assert error["Code"] == "ValidationException"
     assert "SAGEMAKER_MODEL_SERVER_WORKERS" in error["Message"] and "from 1 to 64" in error["Message"]
+
+
+def test_each_container_runs_its_own_workers(server: LiveServer, name: str) -> None:
+    containers = []
+    for hostname, workers in (("one", "1"), ("two", "2")):
+        url = f"s3://models/{name}/{hostname}/model.tar.gz"
+        write_artifact(server.bucket_path(url), iris_model(), code=WHO)
+        env = {"SAGEMAKER_MODEL_SERVER_WORKERS": workers}
+        containers.append(
+            {"Image": "sklearn", "ModelDataUrl": url, "ContainerHostname": hostname, "Environment": env}
+        )
+    deploy_containers(server, name, containers, mode="Direct")
+    assert len(endpoint_workers(server, name)) == 3
+    seen: dict[str, set[object]] = {"one": set(), "two": set()}
+    lock = threading.Lock()
+
+    def client(hostname: str) -> None:
+        for _ in range(10):
+            resp = server.rt.invoke_endpoint(
+                EndpointName=name, ContentType="text/csv", Body=ROW, TargetContainerHostname=hostname
+            )
+            with lock:
+                seen[hostname].add(json.loads(resp["Body"].read())["pid"])
+
+    threads = [threading.Thread(target=client, args=(h,)) for h in ("one", "two") for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(seen["one"]) == 1 and len(seen["two"]) == 2
+    assert seen["one"] | seen["two"] == endpoint_workers(server, name)

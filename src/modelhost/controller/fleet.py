@@ -398,9 +398,9 @@ class Fleet:
                 first.endpoint,
                 f"{variant.name}/{launch.instance_id}",
             )
-            plans.append(
-                ContainerPlan(hostname, launch, container.model_data_url or "", container.compression, stream)
-            )
+            url = container.model_data_url or ""
+            workers = 1 if isinstance(container.runtime, ServerProgram) else server_workers(container)
+            plans.append(ContainerPlan(hostname, launch, url, container.compression, stream, workers))
         head = plans[0]
         return InstancePlan(
             head.launch,

@@ -65,6 +65,7 @@ class ContainerPlan:
     model_data_url: str
     compression: str | None
     log_stream_arn: str
+    workers: int = 1  # SAGEMAKER_MODEL_SERVER_WORKERS of our worker, as for a single container
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,36 +181,16 @@ class Supervisor:
         inst.gpu_ids = self._gpus.take(launch.gpus)
         started_at_s = self._clock.monotonic()
         n = plan.workers
-        # Several workers share the instance's vCPUs (each gets its share of handler threads) and its GPUs.
-        launches = [
-            replace(
-                launch,
-                instance_id=f"{inst.id}-w{k + 1}" if n > 1 else inst.id,
-                log_id=inst.id,  # one log stream per instance, as on SageMaker
-                vcpus=launch.vcpus / n,
-                gpu_ids=inst.gpu_ids,
-            )
-            for k in range(n)
-        ]
+        launches = _worker_launches(replace(launch, gpu_ids=inst.gpu_ids), n)
         processes = await self._start_all(inst, launches)
         names = [""] if n == 1 else [f"Worker {k + 1} of {n}: " for k in range(n)]
         clients = await self._await_all_healthy(inst, processes, names)
         if clients is None:
             return
-        client = clients[0]
-        frame_sockets = [p.frame_socket_path for p in processes]
-        # Frames for our workers; a bring-your-own server gets the contract's POST /invocations. A multi-model
-        # instance is invoked per model over HTTP (/models/{name}/invoke) through its model cache.
-        invoker: Invoker
-        if plan.models is not None or frame_sockets[0] is None:
-            invoker = HttpInvoker(client)
-        else:
-            frames = [
-                FrameClient(path, connections=handler_threads(w.vcpus))
-                for path, w in zip(frame_sockets, launches, strict=True)
-                if path is not None
-            ]
-            invoker = frames[0] if n == 1 else WorkerSpread(frames)
+        # A multi-model instance is invoked per model over HTTP (/models/{name}/invoke) through its cache.
+        invoker: Invoker = (
+            HttpInvoker(clients[0]) if plan.models is not None else _invoker(processes, launches, clients[0])
+        )
         models = None
         if plan.models is not None:
             events = self._model_events(plan.launch.endpoint, plan.launch.variant)
@@ -299,32 +280,38 @@ class Supervisor:
         artifact_bytes = sum(
             [await asyncio.to_thread(unpacked_bytes, c.launch.model_dir) for c in plan.containers]
         )
-        launches = [await self._with_requirements(c.launch) for c in plan.containers]
+        ready = [await self._with_requirements(c.launch) for c in plan.containers]
         inst.gpu_ids = self._gpus.take(plan.launch.gpus)  # the instance's GPUs, shared by its containers
         started_at_s = self._clock.monotonic()
-        processes = await self._start_all(
-            inst, [replace(launch, gpu_ids=inst.gpu_ids) for launch in launches]
-        )
-        clients = await self._await_all_healthy(
-            inst, processes, [f"Container {c.hostname}: " for c in plan.containers]
-        )
+        # Each container's worker processes (more than one with SAGEMAKER_MODEL_SERVER_WORKERS), in order.
+        groups = [
+            _worker_launches(replace(launch, gpu_ids=inst.gpu_ids), c.workers)
+            for c, launch in zip(plan.containers, ready, strict=True)
+        ]
+        launches = [launch for group in groups for launch in group]
+        processes = await self._start_all(inst, launches)
+        names = [
+            f"Container {c.hostname}: " if c.workers == 1 else f"Container {c.hostname}, worker {k + 1}: "
+            for c in plan.containers
+            for k in range(c.workers)
+        ]
+        clients = await self._await_all_healthy(inst, processes, names)
         if clients is None:
             return
         invokers: dict[str, Invoker] = {}
-        for c, process, client in zip(plan.containers, processes, clients, strict=True):
-            frames = process.frame_socket_path
-            invokers[c.hostname] = (
-                FrameClient(frames, connections=handler_threads(c.launch.vcpus))
-                if frames is not None
-                else HttpInvoker(client)
-            )
+        heads: dict[str, LocalInstance] = {}
+        start = 0
+        for c, group in zip(plan.containers, groups, strict=True):
+            end = start + len(group)
+            invokers[c.hostname] = _invoker(processes[start:end], group, clients[start])
+            heads[c.hostname] = processes[start]
+            start = end
         first = next(iter(invokers.values()))
         client_invoker: Invoker = SerialInvoker(list(invokers.items())) if plan.mode == "Serial" else first
-        # Each Direct container streams on its own connection; a serial pipeline's answer is not streamed.
+        # Each Direct container streams on its own connection (to its first worker); a serial pipeline's
+        # answer is not streamed.
         streams = (
-            {c.hostname: _stream_client(p) for c, p in zip(plan.containers, processes, strict=True)}
-            if plan.mode != "Serial"
-            else None
+            {hostname: _stream_client(p) for hostname, p in heads.items()} if plan.mode != "Serial" else None
         )
         inst.handle = InstanceHandle(
             inst.id,
@@ -411,6 +398,38 @@ class Supervisor:
         finally:
             for wait in exit_waits:
                 wait.cancel()
+
+
+def _worker_launches(launch: LaunchSpec, n: int) -> list[LaunchSpec]:
+    """The launches of one container's ``n`` worker processes: they share its vCPUs (each its share of
+    handler and native threads), its GPUs and its log stream, as on SageMaker."""
+    if n == 1:
+        return [launch]
+    return [
+        replace(
+            launch,
+            instance_id=f"{launch.instance_id}-w{k + 1}",
+            log_id=launch.instance_id,
+            vcpus=launch.vcpus / n,
+        )
+        for k in range(n)
+    ]
+
+
+def _invoker(
+    processes: Sequence[LocalInstance], launches: Sequence[LaunchSpec], client: InstanceClient
+) -> Invoker:
+    """How invocations reach one container: frames to our worker (spread over its processes when it has
+    several), or the contract's POST /invocations for a bring-your-own server."""
+    sockets = [p.frame_socket_path for p in processes]
+    if None in sockets:
+        return HttpInvoker(client)
+    frames = [
+        FrameClient(path, connections=handler_threads(launch.vcpus))
+        for path, launch in zip(sockets, launches, strict=True)
+        if path is not None
+    ]
+    return frames[0] if len(frames) == 1 else WorkerSpread(frames)
 
 
 def _footprint(
