@@ -43,6 +43,14 @@ _NOT_YET = {
 }
 
 
+def header_text(value: bytes) -> str:
+    """A header value as text: UTF-8 as boto3 sends it, else byte for byte."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 class ResponseStreamApi:
     """InvokeEndpointWithResponseStream. Each stream runs in a Task of its own, owned here until it ends."""
 
@@ -81,7 +89,7 @@ class ResponseStreamApi:
                 custom_attributes=h.get(b"x-amzn-sagemaker-custom-attributes"),
                 target_variant=tv.decode("latin-1") if tv is not None else None,
                 inference_id=h.get(b"x-amzn-sagemaker-inference-id"),
-                target_container=tc.decode("latin-1") if tc is not None else None,
+                target_container=header_text(tc) if tc is not None else None,
             )
         except ModelhostError as exc:
             self._fail(responder.send, exc, endpoint, None)

@@ -15,7 +15,7 @@ import orjson
 
 from modelhost.api.errors import RUNTIME, lookup
 from modelhost.api.metrics import InvocationMetrics
-from modelhost.api.response_stream import ResponseStreamApi
+from modelhost.api.response_stream import ResponseStreamApi, header_text
 from modelhost.errors import (
     InternalFailure,
     ModelhostError,
@@ -92,8 +92,8 @@ class RuntimeApi:
                 custom_attributes=h.get(b"x-amzn-sagemaker-custom-attributes"),
                 target_variant=tv.decode("latin-1") if tv is not None else None,
                 inference_id=h.get(b"x-amzn-sagemaker-inference-id"),
-                target_model=check_target_model(_text(tm)) if tm is not None else None,
-                target_container=_text(tc) if tc is not None else None,
+                target_model=check_target_model(header_text(tm)) if tm is not None else None,
+                target_container=header_text(tc) if tc is not None else None,
             )
         except ModelhostError as exc:
             self._fail(respond, exc, endpoint, None)
@@ -195,11 +195,3 @@ class RuntimeApi:
             if exc.container is not None:
                 self._metrics.container(endpoint, route_variant, exc.container).failed(exc.original_status)
         (m.errors_4xx if wire.status < 500 else m.errors_5xx).inc()
-
-
-def _text(value: bytes) -> str:
-    """A header value as text: UTF-8 as boto3 sends it, else byte for byte."""
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value.decode("latin-1")

@@ -36,16 +36,9 @@ class Budget(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class LoadNeed:
-    """What a load reserves before it starts: the memory and GPU memory it is expected to take."""
-
-    memory_bytes: int
-    gpu_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class Measured:
-    """What a load took once done, as the instance measured it (or the reservation, where it did not say)."""
+class ModelBytes:
+    """A model's memory and GPU memory: what its load reserves before it starts, or what it took once done
+    (as the instance measured it, or the reservation where it did not say)."""
 
     memory_bytes: int
     gpu_bytes: int
@@ -87,7 +80,7 @@ class ModelBudgets:
 
     # -- loads ---------------------------------------------------------------------------------------------
 
-    def need(self, key: str, disk_bytes: int) -> LoadNeed:
+    def need(self, key: str, disk_bytes: int) -> ModelBytes:
         """What loading ``key`` reserves: its last measure, or before its first load its unpacked size
         (memory) and nothing (GPU memory), as a guess that the measurement then corrects. Refuses a model
         measured over a whole budget ``OVERSIZE_LOADS`` times: loading it again for every request would be
@@ -101,20 +94,22 @@ class ModelBudgets:
                 raise too_large_for_gpu(self.plan, key, known_gpu, gpu_budget)
         memory = known if known is not None and known <= budget else min(disk_bytes, budget)
         gpu = known_gpu if gpu_budget is None or known_gpu <= gpu_budget else 0
-        return LoadNeed(memory, gpu)
+        return ModelBytes(memory, gpu)
 
-    def loaded(self, key: str, need: LoadNeed, memory_bytes: int | None, gpu_bytes: int | None) -> Measured:
+    def loaded(
+        self, key: str, need: ModelBytes, memory_bytes: int | None, gpu_bytes: int | None
+    ) -> ModelBytes:
         """Record what a load measured (None: the instance did not say, and the reservation stands in)."""
         if memory_bytes is not None:
             self._memory[key] = min(memory_bytes, self._memory.get(key, memory_bytes))
         if gpu_bytes is not None:
             self._gpu[key] = min(gpu_bytes, self._gpu.get(key, gpu_bytes))
-        return Measured(
+        return ModelBytes(
             memory_bytes if memory_bytes is not None else need.memory_bytes,
             gpu_bytes if gpu_bytes is not None else need.gpu_bytes,
         )
 
-    def check_fits(self, key: str, took: Measured) -> None:
+    def check_fits(self, key: str, took: ModelBytes) -> None:
         """``too_large`` (or its GPU form) when the model measured more than a whole budget, after which the
         caller unloads it: counted, so that its next loads are refused without loading (``need``)."""
         budget, gpu_budget = self.plan.memory_budget_bytes, self._gpu_budget

@@ -112,15 +112,14 @@ class InstanceModels:
     def memory_used_bytes(self) -> int:
         """What the budget holds: models loaded or loading, less those being unloaded (their bytes are
         promised to the loads that evicted them, which wait for the unloads to finish)."""
-        return sum(
-            e.memory_bytes for e in list(self._entries.values()) if (e.loaded or e.loading) and not e.evicting
-        )
+        return sum(e.memory_bytes for e in self._holding())
 
     @property
     def gpu_memory_used_bytes(self) -> int:
-        return sum(
-            e.gpu_bytes for e in list(self._entries.values()) if (e.loaded or e.loading) and not e.evicting
-        )
+        return sum(e.gpu_bytes for e in self._holding())
+
+    def _holding(self) -> list[_Entry]:
+        return [e for e in list(self._entries.values()) if (e.loaded or e.loading) and not e.evicting]
 
     @property
     def gpu_memory_budget_bytes(self) -> int | None:

@@ -29,6 +29,7 @@ import functools
 import gc
 import os
 from collections.abc import Callable
+from typing import Any
 
 _STATM = "/proc/self/statm"
 
@@ -50,18 +51,20 @@ def rss_bytes() -> int:
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc(function: str, *argtypes: type) -> Callable[..., int] | None:
+    """One of glibc's malloc functions, returning int; None where the C library is not glibc (musl has no
+    malloc_trim)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        func: Any = getattr(ctypes.CDLL(name), function)
     except (OSError, AttributeError):
-        return None  # not glibc (musl has no malloc_trim)
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+        return None
+    func.argtypes = list(argtypes)
+    func.restype = ctypes.c_int
+    found: Callable[..., int] = func
+    return found
 
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
@@ -70,22 +73,14 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 def map_large_blocks(threshold_bytes: int = 128 * 1024) -> bool:
     """Have glibc map every block of ``threshold_bytes`` or more on its own, always (setting the threshold
     turns its rising off). False where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
+    mallopt = _glibc("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
 
 
 def release_free_memory() -> None:
     """Collect garbage, then ask glibc to return free heap pages to the OS (ctypes drops the GIL for it)."""
     gc.collect()
-    trim = _malloc_trim()
+    trim = _glibc("malloc_trim", ctypes.c_size_t)
     if trim is not None:
         trim(0)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelhost.errors import ResourceLimitExceeded, ServiceUnavailable
-from modelhost.router.model_budgets import OVERSIZE_LOADS, Budget, LoadNeed, Measured, ModelBudgets, union
+from modelhost.router.model_budgets import OVERSIZE_LOADS, Budget, ModelBudgets, ModelBytes, union
 from modelhost.router.model_cache import ModelCachePlan, Resident
 
 
@@ -25,15 +25,15 @@ def resident(key: str, size: int, last_used: int, idle: bool = True) -> Resident
 
 def test_a_first_load_reserves_its_unpacked_size_then_its_measure() -> None:
     b = budgets()
-    assert b.need("a", disk_bytes=300) == LoadNeed(300, 0)
-    assert b.need("big", disk_bytes=5000) == LoadNeed(1000, 0)  # never more than the whole budget
-    took = b.loaded("a", LoadNeed(300, 0), memory_bytes=420, gpu_bytes=None)
-    assert took == Measured(420, 0)
-    assert b.need("a", disk_bytes=300) == LoadNeed(420, 0)
-    b.loaded("a", LoadNeed(420, 0), memory_bytes=400, gpu_bytes=None)
+    assert b.need("a", disk_bytes=300) == ModelBytes(300, 0)
+    assert b.need("big", disk_bytes=5000) == ModelBytes(1000, 0)  # never more than the whole budget
+    took = b.loaded("a", ModelBytes(300, 0), memory_bytes=420, gpu_bytes=None)
+    assert took == ModelBytes(420, 0)
+    assert b.need("a", disk_bytes=300) == ModelBytes(420, 0)
+    b.loaded("a", ModelBytes(420, 0), memory_bytes=400, gpu_bytes=None)
     assert b.need("a", disk_bytes=300).memory_bytes == 400  # the least any load measured
     # An instance that does not measure: the reservation stands in.
-    assert b.loaded("c", LoadNeed(250, 0), None, None) == Measured(250, 0)
+    assert b.loaded("c", ModelBytes(250, 0), None, None) == ModelBytes(250, 0)
 
 
 def test_a_model_over_the_whole_budget_is_refused_after_two_loads() -> None:
@@ -45,7 +45,7 @@ def test_a_model_over_the_whole_budget_is_refused_after_two_loads() -> None:
             b.check_fits("huge", took)
     with pytest.raises(ResourceLimitExceeded, match="'huge'"):
         b.need("huge", disk_bytes=10)  # refused without loading it again
-    b.check_fits("other", Measured(999, 0))  # fits: no error
+    b.check_fits("other", ModelBytes(999, 0))  # fits: no error
 
 
 def test_memory_no_model_owns_comes_off_the_models_share() -> None:
@@ -85,7 +85,7 @@ def test_the_gpu_budget_comes_from_what_the_instance_reports() -> None:
     assert b.room("c", gpu_residents, 4_000, Budget.GPU, strict=True) == ("a",)
     with pytest.raises(ResourceLimitExceeded, match="GPU memory"):
         b.room("huge", [], 12_000, Budget.GPU, strict=True)
-    took = b.loaded("huge", LoadNeed(10, 0), memory_bytes=10, gpu_bytes=12_000)
+    took = b.loaded("huge", ModelBytes(10, 0), memory_bytes=10, gpu_bytes=12_000)
     with pytest.raises(ResourceLimitExceeded, match="12000 bytes of GPU memory"):
         b.check_fits("huge", took)
     # A budget set in the plan is kept whatever the instance reports.
